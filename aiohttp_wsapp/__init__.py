@@ -1,0 +1,36 @@
+"""WebSocket endpoints as aiohttp sub-applications: a port of Perl's Plack::App::WebSocket."""
+
+from .app import WSAPP_KEY, WebSocketApp, create_app
+from .connection import Connection
+from .errors import (
+    ERROR_KEY,
+    HANDSHAKE_ERROR_KEY,
+    INVALID_REQUEST,
+    NOT_SUPPORTED,
+    ORIGIN_NOT_ALLOWED,
+    SHUTTING_DOWN,
+    TOO_MANY_CONNECTIONS,
+    BrokerError,
+    ConnectionClosed,
+)
+from .server import WebSocketServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ERROR_KEY",
+    "HANDSHAKE_ERROR_KEY",
+    "INVALID_REQUEST",
+    "NOT_SUPPORTED",
+    "ORIGIN_NOT_ALLOWED",
+    "SHUTTING_DOWN",
+    "TOO_MANY_CONNECTIONS",
+    "WSAPP_KEY",
+    "BrokerError",
+    "Connection",
+    "ConnectionClosed",
+    "WebSocketApp",
+    "WebSocketServer",
+    "__version__",
+    "create_app",
+]

@@ -1,0 +1,307 @@
+"""``WebSocketApp``: the endpoint, its handshake, and the sub-application that serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Iterator, Set
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from .broker import Broadcast, Broker
+from .connection import Connection
+from .errors import (
+    ERROR_KEY,
+    HANDSHAKE_ERROR_KEY,
+    INVALID_REQUEST,
+    NOT_SUPPORTED,
+    ORIGIN_NOT_ALLOWED,
+    SHUTTING_DOWN,
+    TOO_MANY_CONNECTIONS,
+    default_on_error,
+)
+from .frames import Opcode, encode_frame
+from .groups import Groups
+from .handshake import check_opening_handshake, origin_allowed
+from .server import WebSocketServer
+
+__all__ = ["WSAPP_KEY", "ErrorHandler", "EstablishHandler", "WebSocketApp", "create_app"]
+
+logger = logging.getLogger("aiohttp_wsapp")
+
+EstablishHandler = Callable[[Connection, web.Request, tuple[Any, ...]], Any]
+"""``on_establish(connection, request, handshake_results)``, sync or async."""
+
+ErrorHandler = Callable[[web.Request], Any]
+"""``on_error(request)``, an aiohttp handler, sync or async, returning a response."""
+
+
+class _Refusal(Exception):
+    """A handshake that fails with an error string (and, for invalid requests, a cause)."""
+
+    def __init__(self, error: str, cause: Exception | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.cause = cause
+
+
+class _ConnectionsView(Set[Connection]):
+    """A read-only, live view of an endpoint's open connections."""
+
+    __slots__ = ("_connections",)
+
+    def __init__(self, connections: set[Connection]) -> None:
+        self._connections = connections
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(tuple(self._connections))
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._connections
+
+
+class WebSocketApp:
+    """A WebSocket endpoint: the seed's ``Plack::App::WebSocket``.
+
+    :param on_establish: ``on_establish(connection, request, handshake_results)``, sync or
+        async, called for every established connection; register the connection's handlers
+        there. Messages are dispatched only after it returns, so none is missed.
+    :param on_error: ``on_error(request)``, an aiohttp handler (sync or async) answering a failed
+        handshake; ``request[ERROR_KEY]`` holds the error string and, for ``INVALID_REQUEST``,
+        ``request[HANDSHAKE_ERROR_KEY]`` the exception. The default answers in plain text.
+    :param websocket_server: the handshake and protocol settings; ``WebSocketServer()`` by default.
+    :param max_connections: refuse new handshakes with ``TOO_MANY_CONNECTIONS`` while that many
+        connections are open. ``None`` sets no limit.
+    :param broker: carries broadcasts to other processes (``RedisBroker``); ``None`` delivers
+        within this process.
+    :raises TypeError: a callback is not callable, or an argument has the wrong type.
+    :raises ValueError: ``max_connections`` is not positive.
+    """
+
+    def __init__(
+        self,
+        on_establish: EstablishHandler,
+        *,
+        on_error: ErrorHandler | None = None,
+        websocket_server: WebSocketServer | None = None,
+        max_connections: int | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        if not callable(on_establish):
+            raise TypeError("on_establish must be callable")
+        if on_error is not None and not callable(on_error):
+            raise TypeError("on_error must be callable")
+        if websocket_server is not None and not isinstance(websocket_server, WebSocketServer):
+            raise TypeError("websocket_server must be a WebSocketServer")
+        if max_connections is not None:
+            if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+                raise TypeError("max_connections must be an int or None")
+            if max_connections < 1:
+                raise ValueError("max_connections must be positive")
+        if broker is not None and not isinstance(broker, Broker):
+            raise TypeError("broker must be a Broker, such as RedisBroker")
+        self._on_establish = on_establish
+        self._on_error: ErrorHandler = on_error or default_on_error
+        self._server = websocket_server or WebSocketServer()
+        self._max_connections = max_connections
+        self._broker = broker
+        self._connections: set[Connection] = set()
+        self._connections_view = _ConnectionsView(self._connections)
+        self._groups = Groups(self._group_created, self._group_emptied)
+        self._shutting_down = False
+
+    @property
+    def websocket_server(self) -> WebSocketServer:
+        """The handshake and protocol settings."""
+        return self._server
+
+    @property
+    def connections(self) -> Set[Connection]:
+        """The open connections: a read-only, live set-like view."""
+        return self._connections_view
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def call(self, request: web.Request) -> web.StreamResponse:
+        """Handle one request: the handshake, then the connection until it closes.
+
+        An ordinary aiohttp handler: ``router.add_get("/ws", app.call)`` works too.
+        """
+        response = self._server.new_response()
+        try:
+            self._admit(request)
+            handshake_results = await self._handshake(request, response)
+            self._admit(request)  # an async handshake callback may have let others in meanwhile
+        except _Refusal as refusal:
+            return await self._refuse(request, refusal)
+        writer = await response.prepare(request)
+        connection = Connection(
+            self, request, response, writer, send_buffer_limit=self._server.send_buffer_limit
+        )
+        self._connections.add(connection)
+        await connection._serve(self._on_establish, handshake_results)
+        return response
+
+    def _admit(self, request: web.Request) -> None:
+        if request.transport is None:
+            raise _Refusal(NOT_SUPPORTED)
+        if self._shutting_down:
+            raise _Refusal(SHUTTING_DOWN)
+        if self._max_connections is not None and len(self._connections) >= self._max_connections:
+            raise _Refusal(TOO_MANY_CONNECTIONS)
+
+    async def _handshake(
+        self, request: web.Request, response: web.WebSocketResponse
+    ) -> tuple[Any, ...]:
+        try:
+            check_opening_handshake(request)
+        except web.HTTPException as exc:
+            raise _Refusal(INVALID_REQUEST, exc) from None
+        if not origin_allowed(self._server.allowed_origins, request):
+            raise _Refusal(ORIGIN_NOT_ALLOWED)
+        try:
+            return await self._server.run_handshake(request, response)
+        except Exception as exc:
+            raise _Refusal(INVALID_REQUEST, exc) from None
+
+    async def _refuse(self, request: web.Request, refusal: _Refusal) -> web.StreamResponse:
+        request[ERROR_KEY] = refusal.error
+        if refusal.cause is not None:
+            request[HANDSHAKE_ERROR_KEY] = refusal.cause
+        logger.debug("handshake refused (%s): %r", refusal.error, refusal.cause)
+        response = self._on_error(request)
+        if inspect.isawaitable(response):
+            response = await response
+        if not isinstance(response, web.StreamResponse):
+            raise TypeError(f"on_error returned {type(response).__name__}, not a response")
+        return response
+
+    def _forget(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+
+    # -- broadcast --------------------------------------------------------------------------
+
+    async def broadcast(
+        self,
+        data: str | bytes,
+        *,
+        group: str | None = None,
+        exclude: Connection | Iterable[Connection] | None = None,
+    ) -> None:
+        """Send ``data`` to every open connection, or to the members of ``group``.
+
+        ``str`` goes as a text frame, ``bytes`` as a binary one, to every target but those in
+        ``exclude`` (a connection or an iterable of them). Where no compression was negotiated
+        the frame is built once and the same bytes are handed to every peer. A slow peer delays
+        no other: frames are written without waiting, and a peer whose unsent data passes its
+        ``send_buffer_limit`` is dropped.
+
+        With a broker, the broadcast goes through it to every process that shares it.
+
+        :raises TypeError: ``data`` is neither ``str`` nor ``bytes``.
+        :raises BrokerError: the broker cannot deliver it.
+        """
+        if isinstance(data, bytearray | memoryview):
+            data = bytes(data)
+        if not isinstance(data, str | bytes):
+            raise TypeError(f"broadcast() takes str or bytes, not {type(data).__name__}")
+        message = Broadcast(data, group, _connection_ids(exclude))
+        if self._broker is None:
+            self.deliver(message)
+        else:
+            await self._broker.publish(message)
+
+    def deliver(self, broadcast: Broadcast) -> None:
+        """Send ``broadcast`` to this process's own connections (a broker calls this)."""
+        if broadcast.group is None:
+            targets: Iterable[Connection] = tuple(self._connections)
+        else:
+            targets = self._groups.members(broadcast.group)
+        data = broadcast.data
+        opcode, payload = (Opcode.TEXT, data.encode()) if isinstance(data, str) else (Opcode.BINARY, data)
+        frame = encode_frame(opcode, payload)
+        exclude = broadcast.exclude
+        for connection in targets:
+            if connection._id not in exclude:
+                connection._send_prebuilt(opcode, payload, frame)
+
+    def _group_created(self, name: str) -> None:
+        if self._broker is not None:
+            self._broker.group_joined(name)
+
+    def _group_emptied(self, name: str) -> None:
+        if self._broker is not None:
+            self._broker.group_left(name)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def to_app(self) -> web.Application:
+        """Return a new :class:`aiohttp.web.Application` that sends every request to :meth:`call`.
+
+        Mounted with ``parent.add_subapp("/websocket", sub)`` it answers ``/websocket``,
+        ``/websocket/`` and every path below; standalone it answers every path. The sub-path is
+        ``request.match_info.get("tail", "")``. ``sub[WSAPP_KEY]`` is this endpoint. Its
+        startup starts the broker; its shutdown closes every connection with 1001.
+        """
+        app = web.Application()
+        app[WSAPP_KEY] = self
+        app.router.add_route("*", "", self.call)
+        app.router.add_route("*", "/{tail:.*}", self.call)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self._shutting_down = False
+        if self._broker is not None:
+            await self._broker.start(self.deliver)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await self.shutdown()
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        if self._broker is not None:
+            await self._broker.stop()
+
+    async def shutdown(self) -> None:
+        """Refuse new handshakes, close every connection with 1001 and wait for every ``finish``.
+
+        Peers get ``close_timeout`` seconds to answer the close; then their sockets are dropped.
+        Called by the application of :meth:`to_app` when it shuts down.
+        """
+        self._shutting_down = True
+        connections = tuple(self._connections)
+        for connection in connections:
+            connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
+        finished = [connection._finished for connection in connections]
+        if not finished:
+            return
+        _, late = await asyncio.wait(finished, timeout=self._server.close_timeout)
+        for connection in connections:
+            if not connection._finished.done():
+                connection._abort()
+        if late:
+            await asyncio.wait(late)
+
+
+def _connection_ids(exclude: Connection | Iterable[Connection] | None) -> frozenset[str]:
+    if exclude is None:
+        return frozenset()
+    if isinstance(exclude, Connection):
+        return frozenset((exclude._id,))
+    return frozenset(connection._id for connection in exclude)
+
+
+WSAPP_KEY = web.AppKey("aiohttp_wsapp", WebSocketApp)
+"""The key under which :meth:`WebSocketApp.to_app` stores its endpoint on the application."""
+
+
+def create_app(on_establish: EstablishHandler, **kwargs: Any) -> web.Application:
+    """Return ``WebSocketApp(on_establish, **kwargs).to_app()``: the one-call way to an endpoint."""
+    return WebSocketApp(on_establish, **kwargs).to_app()

@@ -1,0 +1,501 @@
+"""``Connection``: one established WebSocket, an event emitter around aiohttp's messages.
+
+The path of one message: aiohttp's reader → :meth:`Connection._serve`'s loop → the ``message``
+handlers → :meth:`Connection.send` → a frame built by :mod:`.frames` → the socket's transport.
+``send`` writes at once and returns a reusable awaitable, so a plain handler that echoes costs two
+function calls and no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.abc import AbstractStreamWriter
+
+from .errors import ConnectionClosed
+from .frames import Deflater, Opcode, encode_frame
+
+if TYPE_CHECKING:
+    from .app import WebSocketApp
+
+__all__ = ["Connection", "Handler"]
+
+logger = logging.getLogger("aiohttp_wsapp")
+
+Handler = Callable[..., Any]
+"""An event handler: a plain function or a coroutine function."""
+
+H = TypeVar("H", bound=Handler)
+
+_EVENT_NAMES: Final = {"message": "message", "finish": "finish", "close": "finish", "error": "error"}
+_SEND_BUFFER_OVERFLOW = "send buffer overflow"
+
+
+def _wants_unregister(handler: Handler) -> bool:
+    """Tell whether a ``message`` handler takes a third positional ``unregister`` argument."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = 0
+    for parameter in parameters:
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD) and (
+            parameter.default is parameter.empty
+        ):
+            required += 1
+    return required >= 3
+
+
+class _Registration:
+    """One handler registered for one event; calling it unregisters the handler."""
+
+    __slots__ = ("connection", "event", "handler", "wants_unregister")
+
+    def __init__(self, connection: Connection, event: str, handler: Handler) -> None:
+        self.connection = connection
+        self.event = event
+        self.handler = handler
+        self.wants_unregister = event == "message" and _wants_unregister(handler)
+
+    def __call__(self) -> None:
+        self.connection._remove(self)
+
+
+class _Sent:
+    """What ``send`` returns once the frame is written: awaiting it waits for flow control."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: AbstractStreamWriter) -> None:
+        self._writer = writer
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._drain().__await__()
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except ConnectionError:
+            raise ConnectionClosed("the connection was lost while sending") from None
+
+
+class _Refused:
+    """What an operation on a closed connection returns: awaiting it raises ConnectionClosed."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise ConnectionClosed("the connection is closed")
+        yield  # pragma: no cover - makes this a generator
+
+
+_REFUSED: Final = _Refused()
+
+
+async def _call_each(registrations: Iterable[_Registration], *args: Any) -> None:
+    """Call the handlers in order, awaiting each coroutine before the next."""
+    for registration in registrations:
+        result = registration.handler(*args)
+        if inspect.isawaitable(result):
+            await result
+
+
+class Connection:
+    """One established WebSocket connection: an event emitter (the seed's ``Connection``).
+
+    Handlers are registered with :meth:`on` for three events: ``message`` (``handler(conn,
+    message)``, with ``message`` a ``str`` for a text frame and ``bytes`` for a binary one),
+    ``finish`` (alias ``close``; ``handler(conn)``, exactly once after the connection closed for
+    any reason) and ``error`` (``handler(conn, exc)`` when a ``message`` handler raised or the
+    peer broke the protocol; the connection is then closed).
+
+    The connection stays open while its request handler runs, whether or not a reference to it
+    is kept: close it with :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        app: WebSocketApp,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        writer: AbstractStreamWriter,
+        *,
+        send_buffer_limit: int,
+    ) -> None:
+        self._app = app
+        self._request = request
+        self._ws = ws
+        transport = request.transport
+        assert transport is not None, "a prepared WebSocketResponse has a transport"
+        self._transport = transport
+        self._send_buffer_limit = send_buffer_limit
+        self._sent = _Sent(writer)
+        self._deflater = _negotiated_deflater(ws)
+        self._handlers: dict[str, tuple[_Registration, ...]] = {
+            "message": (),
+            "finish": (),
+            "error": (),
+        }
+        self._groups: frozenset[str] = frozenset()
+        self._id = secrets.token_hex(8)  # names this connection in broadcasts between processes
+        self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closing = False
+        self._closer: asyncio.Task[None] | None = None
+        self._close_code: int | None = None
+        self._close_reason: str | None = None
+        self._late_finishers: set[asyncio.Task[None]] = set()
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def request(self) -> web.Request:
+        """The aiohttp request that opened this connection."""
+        return self._request
+
+    @property
+    def ws(self) -> web.WebSocketResponse:
+        """The underlying :class:`aiohttp.web.WebSocketResponse` (the seed's ``connection``)."""
+        return self._ws
+
+    @property
+    def app(self) -> WebSocketApp:
+        """The :class:`WebSocketApp` that accepted this connection."""
+        return self._app
+
+    @property
+    def protocol(self) -> str | None:
+        """The subprotocol sent in the 101 response, or ``None``."""
+        return self._ws.headers.get("Sec-WebSocket-Protocol")
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once the connection is closing or closed: nothing more can be sent."""
+        return self._closing or self._ws.closed or self._transport.is_closing()
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code (1006 when no closing handshake took place); ``None`` while open."""
+        return self._close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        """The close reason; ``None`` while open."""
+        return self._close_reason
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes sent but not yet written to the socket."""
+        return self._transport.get_write_buffer_size()
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The names of the groups this connection belongs to."""
+        return self._groups
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Connection {state} {self._request.remote} {self._request.path}>"
+
+    # -- events -----------------------------------------------------------------------------
+
+    @overload
+    def on(self, event: str, handler: Handler, /) -> Callable[[], None]: ...
+    @overload
+    def on(self, event: str, /) -> Callable[[H], H]: ...
+    @overload
+    def on(self, /, **handlers: Handler) -> list[Callable[[], None]]: ...
+
+    def on(
+        self, event: str | None = None, handler: Handler | None = None, /, **handlers: Handler
+    ) -> Callable[[], None] | Callable[[H], H] | list[Callable[[], None]]:
+        """Register event handlers.
+
+        ``on(event, handler)`` registers one handler and returns ``unregister()``, which may be
+        called any number of times. ``on(message=h1, finish=h2)`` registers several and returns
+        their unregisters in argument order. ``on(event)`` is a decorator that registers the
+        function and returns it unchanged.
+
+        A ``message`` handler whose signature has a third positional parameter without a default
+        (or ``*args``) is called as ``handler(conn, message, unregister)``.
+
+        :raises ValueError: the event is not ``message``, ``finish``, ``close`` or ``error``.
+        :raises TypeError: a handler is not callable, or the arguments mix the forms.
+        """
+        if event is None:
+            if handler is not None:
+                raise TypeError("on() takes an event with a handler, or keyword handlers")
+            return [self._add(name, each) for name, each in handlers.items()]
+        if handlers:
+            raise TypeError("on() takes an event with a handler, or keyword handlers")
+        if handler is None:
+
+            def decorator(function: H) -> H:
+                self._add(event, function)
+                return function
+
+            _event_name(event)
+            return decorator
+        return self._add(event, handler)
+
+    def off(self, event: str, handler: Handler) -> None:
+        """Remove every registration of ``handler`` for ``event``."""
+        name = _event_name(event)
+        self._handlers[name] = tuple(r for r in self._handlers[name] if r.handler is not handler)
+
+    def _add(self, event: str, handler: Handler) -> Callable[[], None]:
+        name = _event_name(event)
+        if not callable(handler):
+            raise TypeError(f"a {event} handler must be callable, not {type(handler).__name__}")
+        registration = _Registration(self, name, handler)
+        if name == "finish" and self._finished.done():
+            self._run_late_finish(registration)
+            return registration
+        self._handlers[name] = (*self._handlers[name], registration)
+        return registration
+
+    def _remove(self, registration: _Registration) -> None:
+        handlers = self._handlers[registration.event]
+        if registration in handlers:
+            self._handlers[registration.event] = tuple(r for r in handlers if r is not registration)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, data: str | bytes | bytearray | memoryview) -> Awaitable[None]:
+        """Send a text frame for ``str``, a binary frame for bytes-like ``data``.
+
+        The frame is written at once. The returned awaitable need not be awaited; awaiting it
+        waits until the socket's write buffer has drained enough (flow control).
+
+        :raises TypeError: ``data`` is neither ``str`` nor bytes-like.
+        :raises ConnectionClosed: when awaited, if the connection is closed.
+        """
+        if isinstance(data, str):
+            return self._send_message(Opcode.TEXT, data.encode())
+        if isinstance(data, bytes | bytearray | memoryview):
+            return self._send_message(Opcode.BINARY, data)
+        raise TypeError(f"send() takes str or bytes-like data, not {type(data).__name__}")
+
+    def send_json(
+        self, obj: Any, *, dumps: Callable[[Any], str | bytes] = json.dumps
+    ) -> Awaitable[None]:
+        """Send ``dumps(obj)`` as a text frame (``dumps`` may return ``str`` or UTF-8 bytes)."""
+        text = dumps(obj)
+        return self._send_message(Opcode.TEXT, text.encode() if isinstance(text, str) else text)
+
+    def ping(self, data: bytes = b"") -> Awaitable[None]:
+        """Send a ping carrying ``data`` (at most 125 bytes); aiohttp answers the peer's pings."""
+        if len(data) > 125:
+            raise ValueError("a ping carries at most 125 bytes")
+        if self.closed:
+            return self._refuse("ping")
+        return self._write(encode_frame(Opcode.PING, bytes(data)))
+
+    def _send_message(self, opcode: Opcode, payload: bytes | bytearray | memoryview) -> Awaitable[None]:
+        if self.closed:
+            return self._refuse("send")
+        if self._deflater is None:
+            return self._write(encode_frame(opcode, payload))
+        return self._write(encode_frame(opcode, self._deflater.compress(payload), compressed=True))
+
+    def _write(self, frame: bytes) -> Awaitable[None]:
+        self._transport.write(frame)
+        if self._transport.get_write_buffer_size() > self._send_buffer_limit:
+            self._drop_slow_peer()
+        return self._sent
+
+    def _send_prebuilt(self, opcode: Opcode, payload: bytes, frame: bytes) -> None:
+        """Send a broadcast message whose uncompressed ``frame`` is already built."""
+        if self.closed:
+            return
+        if self._deflater is None:
+            self._write(frame)
+        else:
+            self._write(encode_frame(opcode, self._deflater.compress(payload), compressed=True))
+
+    def _refuse(self, operation: str) -> Awaitable[None]:
+        logger.debug("%s on closed %r dropped", operation, self)
+        return _REFUSED
+
+    def _drop_slow_peer(self) -> None:
+        # A closing handshake could not get through a full buffer: drop the socket at once.
+        logger.warning("%r dropped: its peer does not read (%s)", self, _SEND_BUFFER_OVERFLOW)
+        self._closing = True
+        self._set_close_state(WSCloseCode.POLICY_VIOLATION, _SEND_BUFFER_OVERFLOW)
+        self._transport.abort()
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self, code: int = WSCloseCode.OK, reason: str = "") -> Awaitable[None]:
+        """Start the closing handshake with ``code`` and ``reason``; idempotent.
+
+        Not awaited, the close still happens after everything sent before it. Awaited, it
+        returns once the peer answered or ``close_timeout`` passed.
+        """
+        _check_close_code(code)
+        if len(reason.encode()) > 123:
+            raise ValueError("a close reason is at most 123 bytes of UTF-8")
+        if self._closer is None:
+            if self.closed:
+                return self._refuse("close")
+            self._closing = True
+            self._set_close_state(code, reason)
+            self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
+        return self._closer
+
+    async def _close(self, code: int, reason: str) -> None:
+        await self._ws.close(code=code, message=reason.encode())
+
+    def _abort(self) -> None:
+        """Drop the socket without a closing handshake."""
+        self._closing = True
+        self._transport.abort()
+
+    def _set_close_state(self, code: int, reason: str) -> None:
+        if self._close_code is None:
+            self._close_code = code
+            self._close_reason = reason
+
+    # -- groups -----------------------------------------------------------------------------
+
+    def join(self, name: str) -> None:
+        """Add this connection to the group ``name`` (for :meth:`WebSocketApp.broadcast`)."""
+        if not isinstance(name, str):
+            raise TypeError("a group name is a str")
+        if name not in self._groups and not self._finished.done():
+            self._groups |= {name}
+            self._app._groups.add(name, self)
+
+    def leave(self, name: str) -> None:
+        """Remove this connection from the group ``name``; nothing happens if it is not in it."""
+        if name in self._groups:
+            self._groups -= {name}
+            self._app._groups.discard(name, self)
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def _serve(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
+        """Run the connection: ``on_establish``, then messages until it closes, then ``finish``."""
+        try:
+            if await self._establish(on_establish, handshake_results):
+                await self._receive_messages()
+        finally:
+            # Shielded: aiohttp may cancel this handler when the peer goes away, and finish
+            # handlers must still run to completion.
+            await asyncio.shield(asyncio.get_running_loop().create_task(self._finish()))
+
+    async def _establish(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> bool:
+        try:
+            result = on_establish(self, self._request, handshake_results)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("on_establish raised for %r", self)
+            await self._close_after_error()
+            return False
+        return True
+
+    async def _receive_messages(self) -> None:
+        ws = self._ws
+        while True:
+            message = await ws.receive()
+            kind = message.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                try:
+                    for registration in self._handlers["message"]:
+                        handler = registration.handler
+                        if registration.wants_unregister:
+                            result = handler(self, message.data, registration)
+                        else:
+                            result = handler(self, message.data)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                except Exception as exc:
+                    await self._report_error(exc)
+                    await self._close_after_error()
+            elif kind is WSMsgType.CLOSE:
+                self._set_close_state(message.data, message.extra or "")
+                return
+            elif kind is WSMsgType.ERROR:
+                await self._receive_failed(message.data)
+                return
+            else:  # CLOSING or CLOSED: our own close, or the socket is gone
+                return
+
+    async def _receive_failed(self, exc: BaseException) -> None:
+        code = getattr(exc, "code", None)
+        if isinstance(code, int):  # aiohttp's WebSocketError: the peer broke the protocol
+            self._set_close_state(code, "")
+            await self._report_error(exc)
+        else:
+            logger.debug("%r lost: %r", self, exc)
+
+    async def _report_error(self, exc: BaseException) -> None:
+        handlers = self._handlers["error"]
+        if not handlers:
+            logger.error("error on %r", self, exc_info=exc)
+            return
+        try:
+            await _call_each(handlers, self, exc)
+        except Exception:
+            logger.exception("an error handler raised for %r", self)
+
+    async def _close_after_error(self) -> None:
+        await self.close(WSCloseCode.INTERNAL_ERROR)
+
+    async def _finish(self) -> None:
+        self._closing = True
+        self._set_close_state(WSCloseCode.ABNORMAL_CLOSURE, "")
+        for name in self._groups:
+            self._app._groups.discard(name, self)
+        self._app._forget(self)
+        finishers, self._handlers["finish"] = self._handlers["finish"], ()
+        try:
+            for registration in finishers:
+                await self._run_finish_handler(registration)
+        finally:
+            self._finished.set_result(None)
+
+    async def _run_finish_handler(self, registration: _Registration) -> None:
+        try:
+            await _call_each((registration,), self)
+        except Exception:
+            logger.exception("a finish handler raised for %r", self)
+
+    def _run_late_finish(self, registration: _Registration) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_finish_handler(registration))
+        self._late_finishers.add(task)
+        task.add_done_callback(self._late_finishers.discard)
+
+
+def _event_name(event: str) -> str:
+    try:
+        return _EVENT_NAMES[event]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown event {event!r}: use message, finish, close or error") from None
+
+
+def _check_close_code(code: int) -> None:
+    # RFC 6455 §7.4: codes a peer may send in a close frame.
+    if not (code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+            or 3000 <= code <= 4999):
+        raise ValueError(f"{code} is not a close code an endpoint may send")
+
+
+def _negotiated_deflater(ws: web.WebSocketResponse) -> Deflater | None:
+    extensions = ws.headers.get("Sec-WebSocket-Extensions", "")
+    window_bits = ws.compress
+    if not window_bits:
+        return None
+    return Deflater(
+        int(window_bits), no_context_takeover="server_no_context_takeover" in extensions
+    )
+

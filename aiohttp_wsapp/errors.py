@@ -1,0 +1,62 @@
+"""Errors and the keys that carry them: what ``on_error`` sees, and the default answer."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+__all__ = [
+    "ERROR_KEY",
+    "HANDSHAKE_ERROR_KEY",
+    "INVALID_REQUEST",
+    "NOT_SUPPORTED",
+    "ORIGIN_NOT_ALLOWED",
+    "SHUTTING_DOWN",
+    "TOO_MANY_CONNECTIONS",
+    "BrokerError",
+    "ConnectionClosed",
+    "default_on_error",
+]
+
+NOT_SUPPORTED = "not supported by the server"
+INVALID_REQUEST = "invalid request"
+ORIGIN_NOT_ALLOWED = "origin not allowed"
+TOO_MANY_CONNECTIONS = "too many connections"
+SHUTTING_DOWN = "server shutting down"
+
+ERROR_KEY = web.RequestKey("aiohttp_wsapp.error", str)
+"""The error string of a failed handshake, set on the request before ``on_error`` runs."""
+
+HANDSHAKE_ERROR_KEY = web.RequestKey("aiohttp_wsapp.error.handshake", Exception)
+"""The exception that made a handshake invalid; set only with :data:`INVALID_REQUEST`."""
+
+_DEFAULT_STATUS = {
+    NOT_SUPPORTED: 500,
+    INVALID_REQUEST: 400,
+    ORIGIN_NOT_ALLOWED: 403,
+    TOO_MANY_CONNECTIONS: 503,
+    SHUTTING_DOWN: 503,
+}
+
+
+class ConnectionClosed(Exception):
+    """Raised by an awaited operation on a connection that is closed or closing."""
+
+
+class BrokerError(Exception):
+    """Raised by ``broadcast`` when the broker cannot deliver the message."""
+
+
+def default_on_error(request: web.Request) -> web.Response:
+    """Answer a failed handshake with a plain-text error response.
+
+    The status follows the error string (500, 400, 403, 503). An invalid request whose cause is an
+    :class:`aiohttp.web.HTTPException` (an unsupported version, or a ``handshake`` callback that
+    raised one) is answered with that exception's own status, headers and body.
+    """
+    error = request.get(ERROR_KEY, "")
+    cause = request.get(HANDSHAKE_ERROR_KEY)
+    if isinstance(cause, web.HTTPException):
+        return web.Response(
+            status=cause.status, reason=cause.reason, headers=cause.headers, body=cause.body
+        )
+    return web.Response(status=_DEFAULT_STATUS.get(error, 500), text=f"Error: {error}")

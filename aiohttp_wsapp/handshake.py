@@ -1,0 +1,97 @@
+"""The checks of an opening handshake (RFC 6455 §4.2.1) and of its ``Origin`` (§10.2)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+
+from aiohttp import hdrs, web
+from yarl import URL
+
+__all__ = [
+    "OriginCheck",
+    "OriginPolicy",
+    "check_opening_handshake",
+    "normalise_origin",
+    "origin_allowed",
+]
+
+OriginCheck = Callable[[str | None, web.Request], bool]
+"""Decides on an ``Origin`` (``None`` when the request has none) for a request."""
+
+OriginPolicy = str | frozenset[str] | OriginCheck | None
+"""A normalised ``allowed_origins``: ``None``, ``"*"``, a set of lower-case origins, or a check."""
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _bad_request(reason: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=f"Error: invalid request: {reason}")
+
+
+def _header_tokens(request: web.Request, name: str) -> set[str]:
+    values = request.headers.getall(name, ())
+    return {token.strip().lower() for value in values for token in value.split(",")}
+
+
+def check_opening_handshake(request: web.Request) -> None:
+    """Raise an :class:`aiohttp.web.HTTPException` describing why ``request`` is no handshake.
+
+    An unsupported ``Sec-WebSocket-Version`` raises 426 Upgrade Required with the version this
+    server speaks, as RFC 6455 §4.4 asks; every other defect raises 400 Bad Request.
+    """
+    if request.method != hdrs.METH_GET:
+        raise _bad_request(f"method must be GET, not {request.method}")
+    if request.version < (1, 1):
+        raise _bad_request("HTTP/1.1 or later is required")
+    if "websocket" not in _header_tokens(request, hdrs.UPGRADE):
+        raise _bad_request("no 'Upgrade: websocket' header")
+    if "upgrade" not in _header_tokens(request, hdrs.CONNECTION):
+        raise _bad_request("no 'Connection: upgrade' header")
+    version = request.headers.get(hdrs.SEC_WEBSOCKET_VERSION)
+    if version != "13":
+        raise web.HTTPUpgradeRequired(
+            headers={hdrs.SEC_WEBSOCKET_VERSION: "13"},
+            text=f"Error: invalid request: unsupported Sec-WebSocket-Version {version!r}",
+        )
+    key = request.headers.get(hdrs.SEC_WEBSOCKET_KEY, "")
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        valid_key = False
+    if not valid_key:
+        raise _bad_request(f"bad Sec-WebSocket-Key {key!r}")
+
+
+def _origin_of(url: URL) -> tuple[str, str, int | None]:
+    scheme = (url.scheme or "").lower()
+    port = url.port if url.explicit_port is not None else _DEFAULT_PORTS.get(scheme)
+    return scheme, (url.host or "").lower(), port
+
+
+def _same_origin(origin: str, request: web.Request) -> bool:
+    # Browsers send the page's http(s) origin; the request's own is compared in http(s) terms.
+    try:
+        theirs = _origin_of(URL(origin))
+        ours = _origin_of(URL.build(scheme=request.scheme, authority=request.host))
+    except ValueError:
+        return False
+    return theirs == ours
+
+
+def origin_allowed(policy: OriginPolicy, request: web.Request) -> bool:
+    """Tell whether the request's ``Origin`` header passes ``policy`` (``allowed_origins``)."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if policy == "*":
+        return True
+    if policy is None:
+        return origin is None or _same_origin(origin, request)
+    if callable(policy):
+        return bool(policy(origin, request))
+    return origin is not None and normalise_origin(origin) in policy
+
+
+def normalise_origin(origin: str) -> str:
+    """Return ``origin`` as browsers send it: lower case, without a trailing slash."""
+    return origin.rstrip("/").lower()

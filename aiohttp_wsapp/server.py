@@ -1,0 +1,138 @@
+"""``WebSocketServer``: the handshake and protocol settings of an endpoint."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from .handshake import OriginCheck, OriginPolicy, normalise_origin
+
+__all__ = ["HandshakeCallback", "ValidatorCallback", "WebSocketServer"]
+
+HandshakeCallback = Callable[[web.Request, web.WebSocketResponse], Any]
+"""``handshake(request, response)``, sync or async: returns the handshake results."""
+
+ValidatorCallback = Callable[[web.Request], Any]
+"""``validator(request)``, sync or async: the original's older form of ``handshake``."""
+
+MiB = 1024 * 1024
+
+
+def _positive_number(name: str, value: float | None, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+
+
+def _callable_or_none(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable, not {type(value).__name__}")
+
+
+def _origin_policy(allowed_origins: str | Iterable[str] | OriginCheck | None) -> OriginPolicy:
+    if allowed_origins is None or allowed_origins == "*" or callable(allowed_origins):
+        return allowed_origins
+    if isinstance(allowed_origins, str):
+        raise ValueError('allowed_origins takes "*", a callable or an iterable of origins')
+    origins = frozenset(allowed_origins)
+    if not all(isinstance(origin, str) for origin in origins):
+        raise TypeError("allowed_origins must contain origin strings")
+    return frozenset(normalise_origin(origin) for origin in origins)
+
+
+def _results_tuple(value: object) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, tuple):
+        return value
+    return (value,)
+
+
+class WebSocketServer:
+    """The handshake and protocol settings of an endpoint: the seed's ``AnyEvent::WebSocket::Server``.
+
+    :param handshake: ``handshake(request, response)``, sync or async, runs once the request is a
+        valid handshake from an allowed origin. Headers it sets on ``response`` (the not yet sent
+        :class:`aiohttp.web.WebSocketResponse`) go out in the 101 response. It rejects the
+        handshake by raising: an :class:`aiohttp.web.HTTPException` is answered as it is. What it
+        returns becomes the handshake results: ``None`` is ``()``, a tuple stays as it is,
+        anything else is ``(value,)``.
+    :param validator: ``validator(request)``, the original's older form with the same results
+        rule; ignored when ``handshake`` is given.
+    :param protocols: the subprotocols this endpoint speaks, in order of preference.
+    :param max_payload_size: bytes; a larger incoming message closes the connection with 1009.
+    :param heartbeat: seconds between pings; a peer that does not answer within half that time
+        is dropped. ``None`` sends no pings.
+    :param compress: accept permessage-deflate when the client offers it. Compression runs on
+        the event loop: endpoints that send messages of many megabytes may want it off.
+    :param allowed_origins: ``None`` allows requests without ``Origin`` and same-origin requests
+        (refusing cross-site WebSocket hijacking), ``"*"`` allows all, an iterable of origins
+        allows exactly those, a callable ``(origin, request) -> bool`` decides (``origin`` is
+        ``None`` when the request has no ``Origin`` header).
+    :param send_buffer_limit: bytes of unsent outgoing data a connection may hold; past it the
+        peer is too slow and is dropped with close code 1008.
+    :param close_timeout: seconds a closing handshake waits for the peer before dropping it.
+    :raises TypeError: a callback is not callable, or a setting has the wrong type.
+    :raises ValueError: a size or duration is not positive.
+    """
+
+    def __init__(
+        self,
+        *,
+        handshake: HandshakeCallback | None = None,
+        validator: ValidatorCallback | None = None,
+        protocols: Iterable[str] = (),
+        max_payload_size: int = 4 * MiB,
+        heartbeat: float | None = 30.0,
+        compress: bool = True,
+        allowed_origins: str | Iterable[str] | OriginCheck | None = None,
+        send_buffer_limit: int = 16 * MiB,
+        close_timeout: float = 10.0,
+    ) -> None:
+        _callable_or_none("handshake", handshake)
+        _callable_or_none("validator", validator)
+        if isinstance(protocols, str):
+            raise TypeError("protocols must be an iterable of strings, not a string")
+        _positive_number("max_payload_size", max_payload_size)
+        _positive_number("heartbeat", heartbeat, optional=True)
+        _positive_number("send_buffer_limit", send_buffer_limit)
+        _positive_number("close_timeout", close_timeout)
+        self.handshake = handshake
+        self.validator = validator
+        self.protocols = tuple(protocols)
+        self.max_payload_size = max_payload_size
+        self.heartbeat = heartbeat
+        self.compress = bool(compress)
+        self.allowed_origins = _origin_policy(allowed_origins)
+        self.send_buffer_limit = send_buffer_limit
+        self.close_timeout = close_timeout
+
+    def new_response(self) -> web.WebSocketResponse:
+        """Return a not yet prepared response configured with these settings."""
+        return web.WebSocketResponse(
+            protocols=self.protocols,
+            max_msg_size=self.max_payload_size,
+            heartbeat=self.heartbeat,
+            compress=self.compress,
+            timeout=self.close_timeout,
+        )
+
+    async def run_handshake(
+        self, request: web.Request, response: web.WebSocketResponse
+    ) -> tuple[Any, ...]:
+        """Run the ``handshake`` (or ``validator``) callback and return the handshake results."""
+        if self.handshake is not None:
+            result = self.handshake(request, response)
+        elif self.validator is not None:
+            result = self.validator(request)
+        else:
+            return ()
+        if inspect.isawaitable(result):
+            result = await result
+        return _results_tuple(result)

@@ -1,0 +1,3 @@
+"""Shared fixtures: real servers on loopback, real clients."""
+
+from __future__ import annotations
