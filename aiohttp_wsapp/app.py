@@ -223,7 +223,9 @@ class WebSocketApp:
         else:
             targets = self._groups.members(broadcast.group)
         data = broadcast.data
-        opcode, payload = (Opcode.TEXT, data.encode()) if isinstance(data, str) else (Opcode.BINARY, data)
+        opcode, payload = (
+            (Opcode.TEXT, data.encode()) if isinstance(data, str) else (Opcode.BINARY, data)
+        )
         frame = encode_frame(opcode, payload)
         exclude = broadcast.exclude
         for connection in targets:

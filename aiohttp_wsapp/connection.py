@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from .errors import ConnectionClosed
-from .frames import Deflater, Opcode, encode_frame
+from .frames import Deflater, Opcode, Payload, encode_frame
 
 if TYPE_CHECKING:
     from .app import WebSocketApp
@@ -34,7 +34,12 @@ Handler = Callable[..., Any]
 
 H = TypeVar("H", bound=Handler)
 
-_EVENT_NAMES: Final = {"message": "message", "finish": "finish", "close": "finish", "error": "error"}
+_EVENT_NAMES: Final = {
+    "message": "message",
+    "finish": "finish",
+    "close": "finish",
+    "error": "error",
+}
 _SEND_BUFFER_OVERFLOW = "send buffer overflow"
 
 
@@ -299,7 +304,7 @@ class Connection:
             return self._refuse("ping")
         return self._write(encode_frame(Opcode.PING, bytes(data)))
 
-    def _send_message(self, opcode: Opcode, payload: bytes | bytearray | memoryview) -> Awaitable[None]:
+    def _send_message(self, opcode: Opcode, payload: Payload) -> Awaitable[None]:
         if self.closed:
             return self._refuse("send")
         if self._deflater is None:
@@ -485,8 +490,10 @@ def _event_name(event: str) -> str:
 
 def _check_close_code(code: int) -> None:
     # RFC 6455 §7.4: codes a peer may send in a close frame.
-    if not (code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
-            or 3000 <= code <= 4999):
+    if not (
+        code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+        or 3000 <= code <= 4999
+    ):
         raise ValueError(f"{code} is not a close code an endpoint may send")
 
 
@@ -498,4 +505,3 @@ def _negotiated_deflater(ws: web.WebSocketResponse) -> Deflater | None:
     return Deflater(
         int(window_bits), no_context_takeover="server_no_context_takeover" in extensions
     )
-

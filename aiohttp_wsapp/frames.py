@@ -11,7 +11,10 @@ import enum
 import struct
 import zlib
 
-__all__ = ["Deflater", "Opcode", "encode_frame"]
+__all__ = ["Deflater", "Opcode", "Payload", "encode_frame"]
+
+Payload = bytes | bytearray | memoryview
+"""What a frame can carry."""
 
 _RSV1 = 0x40
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
@@ -30,7 +33,7 @@ class Opcode(enum.IntEnum):
     PONG = 0xA
 
 
-def encode_frame(opcode: int, payload: bytes, *, compressed: bool = False) -> bytes:
+def encode_frame(opcode: int, payload: Payload, *, compressed: bool = False) -> bytes:
     """Return one final, unmasked frame carrying ``payload`` (a server never masks)."""
     first = 0x80 | opcode | (_RSV1 if compressed else 0)
     length = len(payload)
@@ -57,7 +60,7 @@ class Deflater:
         # A full flush empties the window, so the peer needs no context from earlier messages.
         self._flush_mode = zlib.Z_FULL_FLUSH if no_context_takeover else zlib.Z_SYNC_FLUSH
 
-    def compress(self, payload: bytes) -> bytes:
+    def compress(self, payload: Payload) -> bytes:
         """Return the compressed payload of one message, without the deflate tail."""
         data = self._compressor.compress(payload) + self._compressor.flush(self._flush_mode)
         return data.removesuffix(_DEFLATE_TAIL)

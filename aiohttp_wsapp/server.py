@@ -55,7 +55,7 @@ def _results_tuple(value: object) -> tuple[Any, ...]:
 
 
 class WebSocketServer:
-    """The handshake and protocol settings of an endpoint: the seed's ``AnyEvent::WebSocket::Server``.
+    """The handshake and protocol settings of an endpoint (``AnyEvent::WebSocket::Server``).
 
     :param handshake: ``handshake(request, response)``, sync or async, runs once the request is a
         valid handshake from an allowed origin. Headers it sets on ``response`` (the not yet sent

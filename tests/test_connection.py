@@ -1,0 +1,483 @@
+"""``Connection``: registering handlers, dispatch rules, sending, closing, state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from conftest import TIMEOUT, Recorder, Serve
+
+from aiohttp_wsapp import Connection, ConnectionClosed, WebSocketServer
+
+Establish = Callable[[Connection, web.Request, tuple[Any, ...]], Any]
+
+
+async def connect(serve: Serve, on_establish: Establish, **kwargs: Any) -> tuple[Any, Any]:
+    """Serve ``on_establish`` and open one client connection to it."""
+    endpoint = await serve(on_establish, **kwargs)
+    ws = await endpoint.client.ws_connect("/websocket")
+    return endpoint, ws
+
+
+# -- registering ---------------------------------------------------------------------------------
+
+
+async def test_handlers_of_one_event_run_in_registration_order(serve: Serve) -> None:
+    calls: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+        conn.on("message", lambda c, m: calls.put_nowait(f"first {m}"))
+        conn.on("message", lambda c, m: calls.put_nowait(f"second {m}"))
+        conn.on(message=lambda c, m: calls.put_nowait(f"third {m}"))
+
+    _, ws = await connect(serve, on_establish)
+    await ws.send_str("a")
+    got = [await asyncio.wait_for(calls.get(), TIMEOUT) for _ in range(3)]
+    assert got == ["first a", "second a", "third a"]
+    await ws.close()
+
+
+async def test_keyword_form_returns_unregisters_in_argument_order(serve: Serve) -> None:
+    results: asyncio.Future[list[Callable[[], None]]] = asyncio.Future()
+
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        results.set_result(conn.on(message=print, finish=print, error=print))
+
+    _, ws = await connect(serve, on_establish)
+    unregisters = await asyncio.wait_for(results, TIMEOUT)
+    assert len(unregisters) == 3
+    assert all(callable(unregister) for unregister in unregisters)
+    await ws.close()
+
+
+async def test_decorator_form_registers_and_returns_the_function(serve: Serve) -> None:
+    seen: asyncio.Queue[str | bytes] = asyncio.Queue()
+    decorated: list[Callable[..., Any]] = []
+
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        @conn.on("message")
+        def record(conn: Connection, message: str | bytes) -> None:
+            seen.put_nowait(message)
+
+        decorated.append(record)
+
+    _, ws = await connect(serve, on_establish)
+    await ws.send_str("decorated")
+    assert await asyncio.wait_for(seen.get(), TIMEOUT) == "decorated"
+    assert decorated[0].__name__ == "record"
+    await ws.close()
+
+
+async def test_unregister_is_idempotent_and_off_removes(serve: Serve) -> None:
+    seen: asyncio.Queue[str] = asyncio.Queue()
+
+    def first(conn: Connection, message: str) -> None:
+        seen.put_nowait("first")
+
+    def second(conn: Connection, message: str) -> None:
+        seen.put_nowait("second")
+
+    def last(conn: Connection, message: str) -> None:
+        seen.put_nowait("last")
+
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        unregister = conn.on("message", first)
+        unregister()
+        unregister()
+        conn.on("message", second)
+        conn.off("message", second)
+        conn.on("message", last)
+
+    _, ws = await connect(serve, on_establish)
+    await ws.send_str("x")
+    assert await asyncio.wait_for(seen.get(), TIMEOUT) == "last"
+    assert seen.empty()
+    await ws.close()
+
+
+async def test_message_handler_with_a_third_parameter_gets_its_unregister(serve: Serve) -> None:
+    seen: asyncio.Queue[str] = asyncio.Queue()
+
+    def once(conn: Connection, message: str, unregister: Callable[[], None]) -> None:
+        seen.put_nowait("once " + message)
+        unregister()
+
+    def every(conn: Connection, message: str, *rest: Any) -> None:
+        seen.put_nowait(f"every {message} {len(rest)}")
+
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        conn.on(message=once)
+        conn.on(message=every)
+
+    _, ws = await connect(serve, on_establish)
+    await ws.send_str("1")
+    await ws.send_str("2")
+    got = [await asyncio.wait_for(seen.get(), TIMEOUT) for _ in range(3)]
+    assert got == ["once 1", "every 1 1", "every 2 1"]
+    await ws.close()
+
+
+async def test_unregistering_during_dispatch_takes_effect_from_the_next_event(
+    serve: Serve,
+) -> None:
+    seen: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        def first(conn: Connection, message: str) -> None:
+            seen.put_nowait("first " + message)
+            unregister_second()
+            conn.on("message", lambda c, m: seen.put_nowait("added " + m))
+
+        conn.on("message", first)
+        unregister_second = conn.on("message", lambda c, m: seen.put_nowait("second " + m))
+
+    _, ws = await connect(serve, on_establish)
+    await ws.send_str("a")
+    await ws.send_str("b")
+    got = [await asyncio.wait_for(seen.get(), TIMEOUT) for _ in range(4)]
+    assert got[:2] == ["first a", "second a"]
+    assert got[2:] == ["first b", "added a"] or got[2:] == ["first b", "added b"]
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("open", print), ValueError),
+        (("message", "not callable"), TypeError),
+        (("message",), None),
+    ],
+)
+async def test_on_validates_event_names_and_handlers(
+    serve: Serve, args: tuple[Any, ...], error: type[Exception] | None
+) -> None:
+    outcome: asyncio.Future[BaseException | None] = asyncio.Future()
+
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        try:
+            conn.on(*args)
+            conn.on(bogus=print) if error is None else None
+        except Exception as exc:
+            outcome.set_result(exc)
+        else:
+            outcome.set_result(None)
+
+    _, ws = await connect(serve, on_establish)
+    result = await asyncio.wait_for(outcome, TIMEOUT)
+    assert isinstance(result, error or ValueError)
+    await ws.close()
+
+
+# -- dispatch ------------------------------------------------------------------------------------
+
+
+async def test_coroutine_handler_is_awaited_before_the_next_message(serve: Serve) -> None:
+    order: asyncio.Queue[str] = asyncio.Queue()
+    release = asyncio.Event()
+
+    async def slow(conn: Connection, message: str) -> None:
+        order.put_nowait("start " + message)
+        if message == "1":
+            await release.wait()
+        order.put_nowait("end " + message)
+
+    _, ws = await connect(serve, lambda conn, request, hs: conn.on("message", slow))
+    await ws.send_str("1")
+    await ws.send_str("2")
+    assert await asyncio.wait_for(order.get(), TIMEOUT) == "start 1"
+    release.set()
+    got = [await asyncio.wait_for(order.get(), TIMEOUT) for _ in range(3)]
+    assert got == ["end 1", "start 2", "end 2"]
+    await ws.close()
+
+
+async def test_messages_sent_before_on_establish_returns_are_all_delivered(
+    serve: Serve,
+) -> None:
+    seen: asyncio.Queue[str | bytes] = asyncio.Queue()
+    established = asyncio.Event()
+    proceed = asyncio.Event()
+
+    async def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        established.set()
+        await proceed.wait()  # the client sends while this coroutine is still running
+        conn.on("message", lambda c, m: seen.put_nowait(m))
+
+    _, ws = await connect(serve, on_establish)
+    await asyncio.wait_for(established.wait(), TIMEOUT)
+    for i in range(5):
+        await ws.send_str(str(i))
+    await ws.send_bytes(b"last")
+    proceed.set()
+    got = [await asyncio.wait_for(seen.get(), TIMEOUT) for _ in range(6)]
+    assert got == ["0", "1", "2", "3", "4", b"last"]
+    await ws.close()
+
+
+async def test_text_is_str_binary_is_bytes_and_empty_messages_arrive(
+    serve: Serve, recorder: Recorder
+) -> None:
+    _, ws = await connect(serve, recorder.on_establish)
+    await ws.send_str("")
+    await ws.send_bytes(b"")
+    await ws.send_str("é")
+    assert [await recorder.message() for _ in range(3)] == ["", b"", "é"]
+    await ws.close()
+
+
+# -- sending -------------------------------------------------------------------------------------
+
+
+async def test_send_str_bytes_bytearray_memoryview_and_json(serve: Serve) -> None:
+    async def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        await conn.send("text")
+        await conn.send(b"bytes")
+        conn.send(bytearray(b"bytearray"))
+        conn.send(memoryview(b"memoryview"))
+        await conn.send_json({"a": [1, 2]})
+        await conn.send_json([1], dumps=lambda obj: json.dumps(obj).encode())
+
+    _, ws = await connect(serve, on_establish)
+    received = [await ws.receive(TIMEOUT) for _ in range(6)]
+    assert [(m.type, m.data) for m in received] == [
+        (WSMsgType.TEXT, "text"),
+        (WSMsgType.BINARY, b"bytes"),
+        (WSMsgType.BINARY, b"bytearray"),
+        (WSMsgType.BINARY, b"memoryview"),
+        (WSMsgType.TEXT, '{"a": [1, 2]}'),
+        (WSMsgType.TEXT, "[1]"),
+    ]
+    await ws.close()
+
+
+async def test_send_of_other_types_raises_type_error(serve: Serve) -> None:
+    outcome: asyncio.Future[BaseException] = asyncio.Future()
+
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        try:
+            conn.send(42)  # type: ignore[arg-type]
+        except TypeError as exc:
+            outcome.set_result(exc)
+
+    _, ws = await connect(serve, on_establish)
+    assert isinstance(await asyncio.wait_for(outcome, TIMEOUT), TypeError)
+    await ws.close()
+
+
+async def test_sends_not_awaited_happen_in_call_order(serve: Serve) -> None:
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        for i in range(100):
+            conn.send(str(i))
+        conn.close(4001, "done")
+
+    _, ws = await connect(serve, on_establish)
+    got = [await ws.receive_str(timeout=TIMEOUT) for _ in range(100)]
+    assert got == [str(i) for i in range(100)]
+    closing = await ws.receive(TIMEOUT)
+    assert (closing.type, ws.close_code) == (WSMsgType.CLOSE, 4001)
+    assert closing.extra == "done"
+
+
+@pytest.mark.parametrize("compress", [15, 0])
+async def test_large_messages_round_trip_with_and_without_compression(
+    serve: Serve, compress: int
+) -> None:
+    endpoint = await serve(lambda conn, request, hs: conn.on("message", lambda c, m: c.send(m)))
+    payload = bytes(range(256)) * 1024
+    async with endpoint.client.ws_connect("/websocket", compress=compress) as ws:
+        for _ in range(3):
+            await ws.send_bytes(payload)
+            assert await ws.receive_bytes(timeout=TIMEOUT) == payload
+            await ws.send_str("ü" * 70000)
+            assert await ws.receive_str(timeout=TIMEOUT) == "ü" * 70000
+
+
+async def test_compression_without_context_takeover(serve: Serve) -> None:
+    from websockets.asyncio.client import connect as websockets_connect
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    endpoint = await serve(lambda conn, request, hs: conn.on("message", lambda c, m: c.send(m)))
+    offer = ClientPerMessageDeflateFactory(server_no_context_takeover=True)
+    async with websockets_connect(endpoint.url(), extensions=[offer], compression=None) as ws:
+        assert ws.response is not None
+        assert "server_no_context_takeover" in ws.response.headers["Sec-WebSocket-Extensions"]
+        for text in ("abc" * 100, "abc" * 100, "xyz"):
+            await ws.send(text)
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == text
+
+
+async def test_awaited_operations_on_a_closed_connection_raise(
+    serve: Serve, recorder: Recorder
+) -> None:
+    _, ws = await connect(serve, recorder.on_establish)
+    conn = await recorder.connection()
+    await ws.close()
+    await recorder.finish()
+    assert conn.closed
+    for operation in (conn.send("x"), conn.send_json(1), conn.ping(), conn.close()):
+        with pytest.raises(ConnectionClosed):
+            await operation
+
+
+async def test_operations_not_awaited_on_a_closed_connection_warn_nothing(
+    serve: Serve, recorder: Recorder
+) -> None:
+    _, ws = await connect(serve, recorder.on_establish)
+    conn = await recorder.connection()
+    await ws.close()
+    await recorder.finish()
+    conn.send("dropped")
+    conn.ping()
+    conn.close()  # warnings are errors in this suite: nothing may warn
+
+
+async def test_ping_reaches_the_peer(serve: Serve) -> None:
+    endpoint = await serve(lambda conn, request, hs: conn.ping(b"are you there"))
+    async with endpoint.client.ws_connect("/websocket", autoping=False) as ws:
+        message = await ws.receive(TIMEOUT)
+        assert (message.type, message.data) == (WSMsgType.PING, b"are you there")
+
+
+async def test_close_is_idempotent_and_carries_code_and_reason(
+    serve: Serve, recorder: Recorder
+) -> None:
+    _, ws = await connect(serve, recorder.on_establish)
+    conn = await recorder.connection()
+    first = conn.close(4000, "bye")
+    assert conn.close() is first
+    message = await ws.receive(TIMEOUT)
+    assert (message.type, message.data, message.extra) == (WSMsgType.CLOSE, 4000, "bye")
+    await first
+    finished = await recorder.finish()
+    assert (finished.close_code, finished.close_reason) == (4000, "bye")
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1005, ""), (999, ""), (1000, "x" * 124)])
+async def test_close_refuses_codes_and_reasons_the_protocol_forbids(
+    serve: Serve, recorder: Recorder, code: int, reason: str
+) -> None:
+    _, ws = await connect(serve, recorder.on_establish)
+    conn = await recorder.connection()
+    with pytest.raises(ValueError, match="close"):
+        conn.close(code, reason)
+    await ws.close()
+
+
+# -- state ---------------------------------------------------------------------------------------
+
+
+async def test_properties_describe_the_connection(serve: Serve, recorder: Recorder) -> None:
+    endpoint, ws = await connect(serve, recorder.on_establish)
+    conn = await recorder.connection()
+    assert conn.request.path == "/websocket"
+    assert isinstance(conn.ws, web.WebSocketResponse)
+    assert conn.app is endpoint.wsapp
+    assert conn.protocol is None
+    assert not conn.closed
+    assert (conn.close_code, conn.close_reason) == (None, None)
+    assert conn.buffered_amount == 0
+    assert conn in endpoint.wsapp.connections
+    assert len(endpoint.wsapp.connections) == 1
+    await ws.close()
+    await recorder.finish()
+    assert conn not in endpoint.wsapp.connections
+
+
+async def test_client_close_sets_code_and_reason(serve: Serve, recorder: Recorder) -> None:
+    _, ws = await connect(serve, recorder.on_establish)
+    await ws.close(code=4321, message=b"client leaves")
+    conn = await recorder.finish()
+    assert conn.closed
+    assert (conn.close_code, conn.close_reason) == (4321, "client leaves")
+
+
+async def test_close_alias_registers_a_finish_handler(serve: Serve) -> None:
+    finished: asyncio.Future[Connection] = asyncio.Future()
+    _, ws = await connect(serve, lambda c, r, hs: c.on("close", finished.set_result))
+    await ws.close()
+    assert isinstance(await asyncio.wait_for(finished, TIMEOUT), Connection)
+
+
+async def test_finish_handler_registered_after_finish_runs_soon(
+    serve: Serve, recorder: Recorder
+) -> None:
+    _, ws = await connect(serve, recorder.on_establish)
+    await ws.close()
+    conn = await recorder.finish()
+    late: asyncio.Future[Connection] = asyncio.Future()
+
+    async def record(conn: Connection) -> None:
+        late.set_result(conn)
+
+    conn.on("finish", record)
+    assert await asyncio.wait_for(late, TIMEOUT) is conn
+
+
+async def test_finish_fires_once_when_the_peer_drops_without_closing(
+    serve: Serve, recorder: Recorder
+) -> None:
+    _, ws = await connect(serve, recorder.on_establish)
+    await recorder.connection()
+    ws._response.connection.transport.abort()
+    conn = await recorder.finish()
+    assert conn.close_code == 1006
+    await ws.close()
+    assert recorder.finish_count == 1
+
+
+async def test_async_finish_handler_completes_though_the_handler_is_cancelled(
+    serve: Serve,
+) -> None:
+    done: asyncio.Future[str] = asyncio.Future()
+
+    async def finish(conn: Connection) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)  # yield to the loop a few times after the cancellation
+        done.set_result("complete")
+
+    _, ws = await connect(serve, lambda c, r, hs: c.on("finish", finish))
+    ws._response.connection.transport.abort()
+    assert await asyncio.wait_for(done, TIMEOUT) == "complete"
+    await ws.close()
+
+
+async def test_server_close_while_client_sends(serve: Serve) -> None:
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        conn.on("message", lambda c, m: c.close(1000, "enough") if m == "stop" else None)
+
+    _, ws = await connect(serve, on_establish)
+    await ws.send_str("hello")
+    await ws.send_str("stop")
+    message = await ws.receive(TIMEOUT)
+    assert (message.type, message.data, message.extra) == (WSMsgType.CLOSE, 1000, "enough")
+
+
+async def test_heartbeat_drops_a_peer_that_stops_answering_pings(
+    serve: Serve, recorder: Recorder
+) -> None:
+    server = WebSocketServer(heartbeat=0.1)
+    endpoint = await serve(recorder.on_establish, websocket_server=server)
+    async with endpoint.client.ws_connect("/websocket", autoping=False):
+        conn = await recorder.finish()  # the client never reads, so it never answers a ping
+        assert conn.close_code == 1006
+
+
+async def test_works_with_the_websockets_client(serve: Serve) -> None:
+    from websockets.asyncio.client import connect as websockets_connect
+
+    endpoint = await serve(lambda conn, request, hs: conn.on("message", lambda c, m: c.send(m)))
+    async with websockets_connect(endpoint.url()) as ws:
+        for message in ("text", b"binary", "", b"", "ü" * 10000):
+            await ws.send(message)
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == message
+
+
+async def test_aiohttp_client_session_is_fine_too(serve: Serve) -> None:
+    endpoint = await serve(lambda conn, request, hs: conn.send("greeting"))
+    async with aiohttp.ClientSession() as session, session.ws_connect(endpoint.url()) as ws:
+        assert await ws.receive_str(timeout=TIMEOUT) == "greeting"
