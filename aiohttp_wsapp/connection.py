@@ -454,10 +454,13 @@ class Connection:
             logger.exception("an error handler raised for %r", self)
 
     async def _close_after_error(self) -> None:
-        await self.close(WSCloseCode.INTERNAL_ERROR)
+        if not self.closed:
+            await self.close(WSCloseCode.INTERNAL_ERROR)
 
     async def _finish(self) -> None:
         self._closing = True
+        if self._closer is not None:
+            await self._closer  # finish fires once the closing handshake is over
         self._set_close_state(WSCloseCode.ABNORMAL_CLOSURE, "")
         for name in self._groups:
             self._app._groups.discard(name, self)

@@ -1,0 +1,409 @@
+"""``RedisBroker``: broadcasts shared by every process through Redis pub/sub.
+
+Give every process that serves the endpoint a broker on the same Redis and ``prefix``, and a
+broadcast made in any of them reaches the connections of all of them::
+
+    from aiohttp_wsapp import create_app
+    from aiohttp_wsapp.redis import RedisBroker
+
+    app = create_app(on_establish, broker=RedisBroker("redis://localhost:6379/0"))
+
+Install it with the ``redis`` extra: ``pip install aiohttp-wsapp[redis]``.
+
+Channels: ``{prefix}:all`` carries the broadcasts to every connection, ``{prefix}:group:{name}``
+those to the group ``name``. A process listens to ``{prefix}:all`` while it runs, and to a group's
+channel only while it has a member in that group.
+
+Delivery guarantee: Redis pub/sub delivers *at most once*. A broadcast published while a process
+is disconnected from Redis is lost for that process: it is not replayed when the broker
+reconnects. While this process is disconnected, ``broadcast`` raises :class:`BrokerError`. The
+broadcasts of one publisher reach every process in the order they were made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections import deque
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from yarl import URL
+
+from .broker import Broadcast, Broker, Deliver
+from .errors import BrokerError
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger("aiohttp_wsapp")
+
+_LOST: Final = (RedisError, OSError, asyncio.TimeoutError)
+"""What a lost, refused or silent connection to Redis raises."""
+
+_FIRST_RETRY_DELAY: Final = 0.1
+_MAX_RETRY_DELAY: Final = 5.0
+_ANSWER_TIMEOUT: Final = 5.0
+
+# One message on a channel: a header, the ids of the excluded connections, then the payload as it
+# is. The group is not in the message: it is the channel's.
+#   1 byte    kind: _TEXT (the payload is UTF-8) or _BINARY
+#   4 bytes   n, the number of excluded connection ids (big-endian)
+#   n times   1 byte, the length of the id, then the id (ASCII)
+#   the rest  the payload
+_HEADER: Final = struct.Struct("!BI")
+_TEXT: Final = 1
+_BINARY: Final = 2
+
+
+class RedisBroker(Broker):
+    """Carries every broadcast through Redis pub/sub to the processes that share ``url``.
+
+    :param url: the Redis server, as ``redis://[[user]:password@]host[:port][/db]``,
+        ``rediss://…`` (TLS) or ``unix:///path/to/socket``.
+    :param prefix: the start of every channel name. Processes with the same Redis and prefix share
+        their broadcasts; another prefix is another, separate set of endpoints.
+    :raises ValueError: ``url`` is not a Redis URL, or ``prefix`` is empty.
+
+    The broker connects when the application starts (and the startup fails with
+    :class:`BrokerError` if Redis cannot be reached) and disconnects when it stops. If the
+    connection is lost later, :meth:`publish` raises :class:`BrokerError` while the broker
+    reconnects by itself, waiting 0.1 s after the loss, then twice as long after each failed
+    attempt, up to 5 s. Connections of this process are served as before meanwhile, but the
+    broadcasts made during that time are lost for this process (at most once, as Redis pub/sub).
+    """
+
+    # Sent on an idle connection this often; a connection silent for three times as long is lost.
+    _ping_interval: float = 5.0
+
+    def __init__(self, url: str, *, prefix: str = "aiohttp_wsapp") -> None:
+        if not isinstance(url, str):
+            raise TypeError("url must be a str such as 'redis://localhost:6379/0'")
+        parse_url(url)  # raises ValueError for a URL that is not Redis's
+        if not isinstance(prefix, str):
+            raise TypeError("prefix must be a str")
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        self._url = url
+        self._safe_url = _without_password(url)
+        self._all_channel = f"{prefix}:all".encode()
+        self._group_channel_prefix = f"{prefix}:group:".encode()
+        self._client: Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._deliver: Deliver | None = None
+        self._connected = False
+        # Groups with a member here, and the changes of that set still to send to Redis.
+        self._groups: set[str] = set()
+        self._changes: asyncio.Queue[tuple[bool, str]] = asyncio.Queue()
+        # Every change is one (UN)SUBSCRIBE with one answer, in order: publish waits for the
+        # answers to the changes made before it (see publish).
+        self._requested = 0
+        self._answered = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def url(self) -> str:
+        """The Redis URL, with its password (if any) left out."""
+        return self._safe_url
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connected else "disconnected"
+        return f"<RedisBroker {self._safe_url} {self._all_channel.decode()!r} {state}>"
+
+    # -- Broker -------------------------------------------------------------------------------
+
+    async def start(self, deliver: Deliver) -> None:
+        """Connect to Redis and subscribe; from now on call ``deliver`` for every broadcast.
+
+        :raises BrokerError: Redis cannot be reached (the message names the URL).
+        :raises RuntimeError: the broker is already started.
+        """
+        if self._client is not None:
+            raise RuntimeError("this RedisBroker is already started")
+        self._deliver = deliver
+        self._client = Redis.from_url(
+            self._url,
+            socket_connect_timeout=_ANSWER_TIMEOUT,
+            socket_timeout=_ANSWER_TIMEOUT,
+            # No retry inside redis-py: a lost connection surfaces here, and _run reconnects.
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            pubsub = await self._subscribe()
+        except BaseException as exc:
+            client, self._client = self._client, None
+            await client.aclose()
+            if isinstance(exc, _LOST):
+                raise BrokerError(f"cannot connect to Redis at {self._safe_url}: {exc}") from exc
+            raise
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(pubsub), name=f"RedisBroker {self._safe_url}"
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, close the connections to Redis, and wait until that is done."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait((task,))
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("the Redis broker failed", exc_info=task.exception())
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        self._disconnected()
+        self._deliver = None
+
+    async def publish(self, broadcast: Broadcast) -> None:
+        """Publish ``broadcast`` on its channel, for every process to deliver.
+
+        This process delivers its own broadcasts as it delivers the others': when they come back
+        from Redis. So every process, this one included, delivers the broadcasts of every
+        publisher in the order Redis received them, and a broadcast that raised reached no
+        connection at all, here or elsewhere. The price is a round trip to Redis before the
+        connections of this process get it.
+
+        A process that has just joined a group is subscribed to its channel before its own
+        broadcasts go out: ``conn.join("room")`` then ``broadcast(..., group="room")`` reaches
+        ``conn``.
+
+        :raises BrokerError: this process is not connected to Redis, or the publication failed.
+        """
+        client = self._client
+        if client is None or not self._connected:
+            raise BrokerError(f"not connected to Redis at {self._safe_url}")
+        if self._answered < self._requested:
+            await self._subscriptions_settled(self._requested)
+        try:
+            await client.publish(self._channel(broadcast.group), _encode(broadcast))
+        except _LOST as exc:
+            raise BrokerError(f"cannot publish to Redis at {self._safe_url}: {exc}") from exc
+
+    def group_joined(self, group: str) -> None:
+        """Subscribe to the channel of ``group``, which has its first member in this process."""
+        self._groups.add(group)
+        self._request(True, group)
+
+    def group_left(self, group: str) -> None:
+        """Unsubscribe from the channel of ``group``, which has no member left in this process."""
+        self._groups.discard(group)
+        self._request(False, group)
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def _channel(self, group: str | None) -> bytes:
+        if group is None:
+            return self._all_channel
+        return self._group_channel_prefix + group.encode("utf-8", "surrogatepass")
+
+    def _request(self, subscribe: bool, group: str) -> None:
+        # The hooks are synchronous: the change waits in a queue for _apply_changes, which sends
+        # the changes in the order they were made.
+        self._requested += 1
+        self._changes.put_nowait((subscribe, group))
+
+    async def _subscribe(self) -> PubSub:
+        """Open a pub/sub connection to every channel this process needs, confirmed by Redis."""
+        assert self._client is not None
+        # This subscription covers every change made so far; later ones queue for _apply_changes.
+        self._changes = asyncio.Queue()
+        requested = self._requested
+        channels = [self._all_channel, *map(self._channel, self._groups)]
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(*channels)
+            unconfirmed = set(channels)
+            while unconfirmed:
+                message = await pubsub.get_message(timeout=_ANSWER_TIMEOUT)
+                if message is None:
+                    raise RedisTimeoutError("Redis did not confirm the subscription")
+                if message["type"] == "subscribe":
+                    unconfirmed.discard(message["channel"])
+        except BaseException:
+            await _close(pubsub)
+            raise
+        self._answered = requested
+        self._connected = True
+        return pubsub
+
+    async def _subscriptions_settled(self, mark: int) -> None:
+        """Wait until Redis has answered the first ``mark`` subscription changes."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((mark, waiter))
+        await waiter
+
+    def _answer(self) -> None:
+        """Redis answered the oldest subscription change not yet answered."""
+        self._answered += 1
+        while self._waiters and self._waiters[0][0] <= self._answered:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _disconnected(self) -> None:
+        self._connected = False
+        waiters, self._waiters = self._waiters, deque()
+        for _, waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(BrokerError(f"lost the connection to Redis at {self.url}"))
+
+    # -- the broker's task --------------------------------------------------------------------
+
+    async def _run(self, pubsub: PubSub) -> None:
+        """Deliver what ``pubsub`` receives; when the connection is lost, reconnect."""
+        while True:
+            try:
+                await self._serve(pubsub)
+            except _LOST as exc:
+                logger.warning("lost the connection to Redis at %s: %s", self._safe_url, exc)
+            except Exception:
+                logger.exception("the Redis broker failed; reconnecting")
+            finally:
+                self._disconnected()
+                await _close(pubsub)
+            pubsub = await self._reconnect()
+
+    async def _reconnect(self) -> PubSub:
+        """Subscribe anew, waiting longer after each failed attempt; return the subscription."""
+        delay = _FIRST_RETRY_DELAY
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                pubsub = await self._subscribe()
+            except _LOST as exc:
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
+                logger.debug(
+                    "Redis at %s still unreachable (%s); next attempt in %.1f s",
+                    self._safe_url,
+                    exc,
+                    delay,
+                )
+            else:
+                logger.warning("reconnected to Redis at %s", self._safe_url)
+                return pubsub
+
+    async def _serve(self, pubsub: PubSub) -> None:
+        """Receive messages and send subscription changes until either fails."""
+        loop = asyncio.get_running_loop()
+        tasks = (
+            loop.create_task(self._receive(pubsub)),
+            loop.create_task(self._apply_changes(pubsub)),
+        )
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+        errors = [task.exception() for task in tasks if not task.cancelled()]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    async def _receive(self, pubsub: PubSub) -> None:
+        """Deliver every broadcast ``pubsub`` receives, and count the answers to changes."""
+        deliver = self._deliver
+        assert deliver is not None
+        loop = asyncio.get_running_loop()
+        silence = 3 * self._ping_interval
+        last_heard = loop.time()
+        while True:
+            message: dict[str, Any] | None = await pubsub.get_message(timeout=silence)
+            if message is None:
+                if loop.time() - last_heard >= silence:
+                    raise RedisConnectionError(f"Redis did not answer for {silence:g} s")
+                continue
+            last_heard = loop.time()
+            kind = message["type"]
+            if kind == "message":
+                broadcast = self._decode(message["channel"], message["data"])
+                if broadcast is not None:
+                    try:
+                        deliver(broadcast)
+                    except Exception:
+                        logger.exception("delivering a broadcast failed")
+            elif kind in ("subscribe", "unsubscribe"):
+                self._answer()
+
+    async def _apply_changes(self, pubsub: PubSub) -> None:
+        """Send the subscription changes in order; ping Redis when there is none for a while."""
+        changes = self._changes
+        while True:
+            try:
+                subscribe, group = await asyncio.wait_for(changes.get(), self._ping_interval)
+            except asyncio.TimeoutError:
+                await pubsub.ping()
+                continue
+            if subscribe:
+                await pubsub.subscribe(self._channel(group))
+            else:
+                await pubsub.unsubscribe(self._channel(group))
+
+    def _decode(self, channel: bytes, message: bytes) -> Broadcast | None:
+        if channel == self._all_channel:
+            group = None
+        elif channel.startswith(self._group_channel_prefix):
+            name = channel[len(self._group_channel_prefix) :]
+            group = name.decode("utf-8", "surrogatepass")
+        else:
+            return None
+        try:
+            return _decode(message, group)
+        except ValueError as exc:
+            logger.warning("ignored a malformed message on Redis channel %r: %s", channel, exc)
+            return None
+
+
+def _encode(broadcast: Broadcast) -> bytes:
+    """Encode a broadcast's payload and excluded ids as one channel message."""
+    data = broadcast.data
+    kind, payload = (_TEXT, data.encode()) if isinstance(data, str) else (_BINARY, data)
+    parts = [_HEADER.pack(kind, len(broadcast.exclude))]
+    for connection_id in broadcast.exclude:
+        raw = connection_id.encode()
+        if len(raw) > 255:
+            raise ValueError(f"connection id too long: {connection_id!r}")
+        parts += (bytes((len(raw),)), raw)
+    parts.append(payload)
+    return b"".join(parts)
+
+
+def _decode(message: bytes, group: str | None) -> Broadcast:
+    """Decode a channel message made by :func:`_encode`; raise ValueError if it is malformed."""
+    try:
+        kind, count = _HEADER.unpack_from(message)
+    except struct.error:
+        raise ValueError("message shorter than its header") from None
+    if kind not in (_TEXT, _BINARY):
+        raise ValueError(f"unknown message kind {kind}")
+    position = _HEADER.size
+    exclude = []
+    for _ in range(count):
+        if position >= len(message):
+            raise ValueError("message shorter than its list of excluded ids")
+        end = position + 1 + message[position]
+        if end > len(message):
+            raise ValueError("message shorter than its list of excluded ids")
+        exclude.append(message[position + 1 : end].decode())
+        position = end
+    payload = message[position:]
+    data: str | bytes = payload.decode() if kind == _TEXT else payload
+    return Broadcast(data, group, frozenset(exclude))
+
+
+async def _close(pubsub: PubSub) -> None:
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _without_password(url: str) -> str:
+    parsed = URL(url)
+    return str(parsed.with_password(None)) if parsed.password else url

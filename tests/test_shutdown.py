@@ -1,0 +1,57 @@
+"""Graceful shutdown: every connection closed with 1001, every finish fired, bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import WSMsgType
+from conftest import TIMEOUT, Recorder, Serve
+from test_limits import handshake_headers, open_raw_websocket
+
+from aiohttp_wsapp import WebSocketServer
+
+
+async def test_shutdown_closes_every_connection_with_1001(serve: Serve, recorder: Recorder) -> None:
+    endpoint = await serve(recorder.on_establish)
+    clients = [await endpoint.client.ws_connect("/websocket") for _ in range(3)]
+    for _ in clients:
+        await recorder.connection()
+
+    async def receive_close(ws: aiohttp.ClientWebSocketResponse) -> tuple[WSMsgType, int]:
+        message = await ws.receive(TIMEOUT)
+        return message.type, message.data
+
+    closes = asyncio.gather(*(receive_close(ws) for ws in clients))
+    await endpoint.server.close()
+    assert await asyncio.wait_for(closes, TIMEOUT) == [(WSMsgType.CLOSE, 1001)] * 3
+    finished = {await recorder.finish() for _ in clients}
+    assert {conn.close_code for conn in finished} == {1001}
+    assert recorder.finish_count == 3
+    assert len(endpoint.wsapp.connections) == 0
+
+
+async def test_shutdown_does_not_wait_for_silent_peers_beyond_close_timeout(
+    serve: Serve, recorder: Recorder
+) -> None:
+    server = WebSocketServer(close_timeout=0.2)
+    endpoint = await serve(recorder.on_establish, websocket_server=server)
+    _, silent = await open_raw_websocket(endpoint)  # never answers the close frame
+    await recorder.connection()
+    await asyncio.wait_for(endpoint.server.close(), TIMEOUT)
+    conn = await recorder.finish()
+    assert conn.close_code == 1001
+    silent.close()
+    await silent.wait_closed()
+
+
+async def test_handshakes_during_shutdown_get_503(serve: Serve) -> None:
+    endpoint = await serve(recorder_free)
+    await endpoint.wsapp.shutdown()
+    response = await endpoint.client.get("/websocket", headers=handshake_headers())
+    assert response.status == 503
+    assert await response.text() == "Error: server shutting down"
+
+
+def recorder_free(*args: object) -> None:
+    """An ``on_establish`` for tests in which no connection is established."""
