@@ -41,6 +41,7 @@ _EVENT_NAMES: Final = {
     "error": "error",
 }
 _SEND_BUFFER_OVERFLOW = "send buffer overflow"
+_SENDABLE_CLOSE_CODES: Final = frozenset(WSCloseCode) - {WSCloseCode.ABNORMAL_CLOSURE}
 
 
 def _wants_unregister(handler: Handler) -> bool:
@@ -492,11 +493,8 @@ def _event_name(event: str) -> str:
 
 
 def _check_close_code(code: int) -> None:
-    # RFC 6455 §7.4: codes a peer may send in a close frame.
-    if not (
-        code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
-        or 3000 <= code <= 4999
-    ):
+    # RFC 6455 §7.4: the registered codes but 1006 (never sent), and the private range.
+    if code not in _SENDABLE_CLOSE_CODES and not 3000 <= code <= 4999:
         raise ValueError(f"{code} is not a close code an endpoint may send")
 
 
