@@ -140,9 +140,7 @@ class WebSocketApp:
         except _Refusal as refusal:
             return await self._refuse(request, refusal)
         writer = await response.prepare(request)
-        connection = Connection(
-            self, request, response, writer, send_buffer_limit=self._server.send_buffer_limit
-        )
+        connection = Connection(self, request, response, writer)
         self._connections.add(connection)
         await connection._serve(self._on_establish, handshake_results)
         return response

@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from .errors import ConnectionClosed
@@ -134,8 +134,6 @@ class Connection:
         request: web.Request,
         ws: web.WebSocketResponse,
         writer: AbstractStreamWriter,
-        *,
-        send_buffer_limit: int,
     ) -> None:
         self._app = app
         self._request = request
@@ -143,9 +141,12 @@ class Connection:
         transport = request.transport
         assert transport is not None, "a prepared WebSocketResponse has a transport"
         self._transport = transport
-        self._send_buffer_limit = send_buffer_limit
+        settings = app.websocket_server
+        self._send_buffer_limit = settings.send_buffer_limit
         self._sent = _Sent(writer)
         self._deflater = _negotiated_deflater(ws)
+        # aiohttp checks an inflated message with a byte of slack: compressed ones are checked here.
+        self._inflated_limit = None if self._deflater is None else settings.max_payload_size
         self._handlers: dict[str, tuple[_Registration, ...]] = {
             "message": (),
             "finish": (),
@@ -415,13 +416,17 @@ class Connection:
             message = await ws.receive()
             kind = message.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                data = message.data
+                if self._inflated_limit is not None and _exceeds(data, self._inflated_limit):
+                    await self._refuse_oversized()
+                    return
                 try:
                     for registration in self._handlers["message"]:
                         handler = registration.handler
                         if registration.wants_unregister:
-                            result = handler(self, message.data, registration)
+                            result = handler(self, data, registration)
                         else:
-                            result = handler(self, message.data)
+                            result = handler(self, data)
                         if result is not None and inspect.isawaitable(result):
                             await result
                 except Exception as exc:
@@ -435,6 +440,13 @@ class Connection:
                 return
             else:  # CLOSING or CLOSED: our own close, or the socket is gone
                 return
+
+    async def _refuse_oversized(self) -> None:
+        limit = self._inflated_limit
+        too_big = WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"Message size exceeds {limit}")
+        self._set_close_state(WSCloseCode.MESSAGE_TOO_BIG, "")
+        await self._report_error(too_big)
+        await self.close(WSCloseCode.MESSAGE_TOO_BIG)
 
     async def _receive_failed(self, exc: BaseException) -> None:
         code = getattr(exc, "code", None)
@@ -496,6 +508,14 @@ def _check_close_code(code: int) -> None:
     # RFC 6455 §7.4: the registered codes but 1006 (never sent), and the private range.
     if code not in _SENDABLE_CLOSE_CODES and not 3000 <= code <= 4999:
         raise ValueError(f"{code} is not a close code an endpoint may send")
+
+
+def _exceeds(data: str | bytes, limit: int) -> bool:
+    """Tell whether a message took more than ``limit`` bytes on the wire (once inflated)."""
+    if isinstance(data, bytes):
+        return len(data) > limit
+    # A character takes one to four bytes of UTF-8: encode only when the count leaves it open.
+    return len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
 
 
 def _negotiated_deflater(ws: web.WebSocketResponse) -> Deflater | None:

@@ -117,7 +117,8 @@ class WebSocketServer:
         """Return a not yet prepared response configured with these settings."""
         return web.WebSocketResponse(
             protocols=self.protocols,
-            max_msg_size=self.max_payload_size,
+            # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
+            max_msg_size=self.max_payload_size + 1,
             heartbeat=self.heartbeat,
             compress=self.compress,
             timeout=self.close_timeout,

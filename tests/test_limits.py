@@ -223,3 +223,26 @@ async def test_oversized_message_closes_with_1009(serve: Serve, recorder: Record
     conn = await recorder.finish()
     assert conn.close_code == 1009
     assert getattr(await recorder.error(), "code", None) == 1009
+
+
+@pytest.mark.parametrize("compress", [0, 15])
+@pytest.mark.parametrize(
+    ("fits", "too_big"),
+    [("é" * 500, "é" * 500 + "x"), (b"\x00" * 1000, b"\x00" * 1001)],
+    ids=["text", "binary"],
+)
+async def test_message_of_exactly_max_payload_size_passes_one_more_byte_closes_with_1009(
+    serve: Serve, recorder: Recorder, compress: int, fits: str | bytes, too_big: str | bytes
+) -> None:
+    server = WebSocketServer(max_payload_size=1000)  # "é" is two bytes of UTF-8
+    endpoint = await serve(recorder.on_establish, websocket_server=server)
+    async with endpoint.client.ws_connect("/websocket", compress=compress) as ws:
+        for data in (fits, too_big):
+            if isinstance(data, str):
+                await ws.send_str(data)
+            else:
+                await ws.send_bytes(data)
+        assert await recorder.message() == fits
+        message = await ws.receive(TIMEOUT)
+        assert (message.type, ws.close_code) == (WSMsgType.CLOSE, 1009)
+    assert (await recorder.finish()).close_code == 1009
