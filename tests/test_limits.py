@@ -244,5 +244,5 @@ async def test_message_of_exactly_max_payload_size_passes_one_more_byte_closes_w
                 await ws.send_bytes(data)
         assert await recorder.message() == fits
         message = await ws.receive(TIMEOUT)
-        assert (message.type, ws.close_code) == (WSMsgType.CLOSE, 1009)
+        assert (message.type, message.data) == (WSMsgType.CLOSE, 1009), (message, ws.close_code)
     assert (await recorder.finish()).close_code == 1009
