@@ -4,5 +4,5 @@ set -eu
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet --editable .
-exec .venv/bin/python examples/echo.py "$@"
+.venv/bin/python -m pip install --quiet --editable ".[redis]"
+exec .venv/bin/python examples/chat/server.py "$@"

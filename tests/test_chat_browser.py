@@ -1,0 +1,262 @@
+"""The chat example (``examples/chat``): its protocol, then its page in a real headless Chromium.
+
+The browser tests drive Debian's ``/usr/bin/chromium`` with Playwright's async API (Playwright's own
+browser download is not needed). Without chromium or playwright they are skipped, or fail when
+``AIOHTTP_WSAPP_REQUIRE_ALL=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+from support import require_module, require_program
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Locator, Page
+
+CHAT_SERVER = Path(__file__).resolve().parents[1] / "examples" / "chat" / "server.py"
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+TIMEOUT = 10.0
+"""Seconds any single wait may take: generous, for a loaded CI machine."""
+
+
+def _load_make_app() -> Callable[[str | None], web.Application]:
+    """Import ``make_app`` from the example, which is a script, not a package."""
+    spec = importlib.util.spec_from_file_location("chat_example_server", CHAT_SERVER)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: dataclasses look their module up in sys.modules.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    make_app: Callable[[str | None], web.Application] = module.make_app
+    return make_app
+
+
+make_app = _load_make_app()
+
+
+# --- the protocol, with aiohttp's client ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ws/lobby",
+        "/ws/lobby?name=",
+        "/ws/lobby?name=%20%20",
+        "/ws/lobby?name=" + "x" * 33,
+        "/ws/lobby?name=%3Cscript%3E",
+        "/ws/?name=alice",
+        "/ws/two%20words?name=alice",
+    ],
+)
+async def test_bad_name_or_room_is_refused_with_400(
+    aiohttp_client: AiohttpClient, path: str
+) -> None:
+    client = await aiohttp_client(make_app(None))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(path)
+    assert refused.value.status == 400
+
+
+async def test_room_members_see_joins_messages_and_leaves(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(make_app(None))
+    alice = await client.ws_connect("/ws/lobby?name=alice")
+    assert await alice.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "alice"}
+    bob = await client.ws_connect("/ws/lobby?name=bob")
+    assert await bob.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
+    assert await alice.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
+
+    await alice.send_json({"type": "message", "text": "hi bob"})
+    said = {"type": "message", "name": "alice", "text": "hi bob"}
+    assert await bob.receive_json(timeout=TIMEOUT) == said
+    assert await alice.receive_json(timeout=TIMEOUT) == said
+
+    await bob.close()
+    assert await alice.receive_json(timeout=TIMEOUT) == {"type": "leave", "name": "bob"}
+    await alice.close()
+
+
+async def test_malformed_message_gets_an_error_and_the_connection_stays(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await aiohttp_client(make_app(None))
+    alice = await client.ws_connect("/ws/lobby?name=alice")
+    await alice.receive_json(timeout=TIMEOUT)  # her own join notice
+    await alice.send_str("not json")
+    assert (await alice.receive_json(timeout=TIMEOUT))["type"] == "error"
+    await alice.send_json({"type": "message", "text": "still here"})
+    assert (await alice.receive_json(timeout=TIMEOUT))["text"] == "still here"
+    await alice.close()
+
+
+@pytest.fixture
+async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A private redis-server on a Unix socket (no port to collide with), stopped afterwards."""
+    program = require_program("redis-server", "apt-get install redis-server")
+    require_module("aiohttp_wsapp.redis", "pip install 'aiohttp-wsapp[redis]'")
+    socket = tmp_path / "redis.sock"
+    process = await asyncio.create_subprocess_exec(
+        *(program, "--port", "0", "--unixsocket", str(socket), "--save", "", "--appendonly", "no"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        await asyncio.wait_for(_until_ready(process.stdout), TIMEOUT)
+        yield f"unix://{socket}"
+    finally:
+        process.terminate()
+        await process.communicate()
+
+
+async def _until_ready(output: asyncio.StreamReader) -> None:
+    """Read redis-server's log until it accepts connections."""
+    while b"ready to accept connections" not in (line := await output.readline()):
+        assert line, "redis-server exited before it was ready"
+
+
+async def test_rooms_are_shared_across_processes_through_redis(
+    redis_url: str, aiohttp_client: AiohttpClient
+) -> None:
+    # Two servers that share nothing but Redis, as two processes started with --redis would.
+    first = await aiohttp_client(make_app(redis_url))
+    second = await aiohttp_client(make_app(redis_url))
+    alice = await first.ws_connect("/ws/lobby?name=alice")
+    assert await alice.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "alice"}
+    bob = await second.ws_connect("/ws/lobby?name=bob")
+    assert await bob.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
+    assert await alice.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
+
+    await bob.send_json({"type": "message", "text": "hi from the other process"})
+    said = {"type": "message", "name": "bob", "text": "hi from the other process"}
+    assert await alice.receive_json(timeout=TIMEOUT) == said
+    await alice.close()
+    await bob.close()
+
+
+# --- the page, in headless Chromium ------------------------------------------------------------
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, closed after the test with all its pages."""
+    chromium = require_program("chromium", "apt-get install chromium")
+    require_module("playwright", "pip install playwright")
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=TIMEOUT * 1000)
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def chat_server(aiohttp_server: AiohttpServer) -> TestServer:
+    """The chat example on a real loopback port."""
+    return await aiohttp_server(make_app(None))
+
+
+def _items(page: Page, text: str) -> Locator:
+    """The entries of the page's message list that contain ``text``."""
+    return page.locator("#messages li", has_text=text)
+
+
+async def _join(browser: Browser, server: TestServer, name: str, room: str) -> Page:
+    """Open the page, join ``room`` as ``name`` through the form, and wait until in the room."""
+    from playwright.async_api import expect
+
+    page = await browser.new_page()
+    page.set_default_timeout(TIMEOUT * 1000)
+    await page.goto(str(server.make_url("/")))
+    await page.get_by_label("Name", exact=True).fill(name)
+    await page.get_by_label("Room", exact=True).fill(room)
+    await page.get_by_role("button", name="Join").click()
+    # One's own join notice comes after the server has put the connection in the room.
+    await expect(_items(page, f"{name} joined")).to_have_count(1)
+    return page
+
+
+async def _say(page: Page, text: str) -> None:
+    """Type ``text`` into the page's message box and send it with Enter."""
+    await page.get_by_label("Message").fill(text)
+    await page.get_by_label("Message").press("Enter")
+
+
+async def test_message_reaches_its_room_only(chat_server: TestServer, browser: Browser) -> None:
+    from playwright.async_api import expect
+
+    alice = await _join(browser, chat_server, "alice", "A")
+    bob = await _join(browser, chat_server, "bob", "A")
+    carol = await _join(browser, chat_server, "carol", "B")
+    await expect(_items(alice, "bob joined")).to_have_count(1)
+
+    greeting = "hello <b>room</b> A & all"
+    await _say(alice, greeting)
+    said = bob.locator("#messages li.message", has_text="alice")
+    await expect(said.locator(".text")).to_have_text(greeting)
+    # Shown as text: the markup in the message did not become an element.
+    await expect(bob.locator("#messages b")).to_have_count(0)
+
+    # Carol's own message, echoed to her after Alice's was broadcast, is the barrier: had
+    # Alice's message gone to room B, Carol would have received it first.
+    await _say(carol, "hello room B")
+    await expect(_items(carol, "hello room B")).to_have_count(1)
+    await expect(_items(carol, "room</b> A")).to_have_count(0)
+    await expect(_items(carol, "bob joined")).to_have_count(0)
+
+
+async def test_closing_a_page_shows_a_leave_notice(
+    chat_server: TestServer, browser: Browser
+) -> None:
+    from playwright.async_api import expect
+
+    alice = await _join(browser, chat_server, "alice", "A")
+    bob = await _join(browser, chat_server, "bob", "A")
+    await bob.close()
+    await expect(_items(alice, "bob left")).to_have_count(1)
+
+
+async def test_page_reconnects_after_a_server_restart(
+    aiohttp_server: AiohttpServer, browser: Browser
+) -> None:
+    from playwright.async_api import expect
+
+    first = await aiohttp_server(make_app(None))
+    alice = await _join(browser, first, "alice", "A")
+    status = alice.locator("#status")
+
+    port = first.port  # close() forgets it
+    await first.close()
+    await expect(status).to_have_attribute("data-state", "reconnecting")
+    await aiohttp_server(make_app(None), port=port)
+    await expect(status).to_have_attribute("data-state", "connected")
+
+    # The new connection is in the room again: what Alice says comes back to her.
+    await _say(alice, "back again")
+    await expect(_items(alice, "back again")).to_have_count(1)
