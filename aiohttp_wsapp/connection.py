@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import secrets
+import struct
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
@@ -41,6 +42,7 @@ _EVENT_NAMES: Final = {
     "error": "error",
 }
 _SEND_BUFFER_OVERFLOW = "send buffer overflow"
+_PACK_CLOSE_CODE = struct.Struct("!H").pack
 _SENDABLE_CLOSE_CODES: Final = frozenset(WSCloseCode) - {WSCloseCode.ABNORMAL_CLOSURE}
 
 
@@ -107,6 +109,19 @@ class _Refused:
 _REFUSED: Final = _Refused()
 
 
+class _Done:
+    """What a close of a closing or closed connection returns: done at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+_DONE: Final = _Done()
+
+
 async def _call_each(registrations: Iterable[_Registration], *args: Any) -> None:
     """Call the handlers in order, awaiting each coroutine before the next."""
     for registration in registrations:
@@ -156,7 +171,8 @@ class Connection:
         self._id = secrets.token_hex(8)  # names this connection in broadcasts between processes
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closing = False
-        self._closer: asyncio.Task[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._close_timeout = settings.close_timeout
         self._close_code: int | None = None
         self._close_reason: str | None = None
         self._late_finishers: set[asyncio.Task[None]] = set()
@@ -344,22 +360,35 @@ class Connection:
     def close(self, code: int = WSCloseCode.OK, reason: str = "") -> Awaitable[None]:
         """Start the closing handshake with ``code`` and ``reason``; idempotent.
 
-        Not awaited, the close still happens after everything sent before it. Awaited, it
-        returns once the peer answered or ``close_timeout`` passed.
+        The close frame is written at once, after everything sent before it; no message is
+        dispatched after it. The connection finishes when the peer answers, or after
+        ``close_timeout`` when it does not. Awaiting waits for flow control, like :meth:`send`.
+        Closing a connection that is already closing or closed does nothing.
+
+        :raises ValueError: ``code`` may not be sent (RFC 6455 §7.4), or ``reason`` is longer
+            than 123 bytes of UTF-8.
         """
         _check_close_code(code)
-        if len(reason.encode()) > 123:
+        encoded_reason = reason.encode()
+        if len(encoded_reason) > 123:
             raise ValueError("a close reason is at most 123 bytes of UTF-8")
-        if self._closer is None:
-            if self.closed:
-                return self._refuse("close")
-            self._closing = True
-            self._set_close_state(code, reason)
-            self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
-        return self._closer
+        if self.closed:
+            return _DONE
+        self._closing = True
+        self._set_close_state(code, reason)
+        loop = asyncio.get_running_loop()
+        self._close_timer = loop.call_later(self._close_timeout, self._abort)
+        return self._write(encode_frame(Opcode.CLOSE, _PACK_CLOSE_CODE(code) + encoded_reason))
 
-    async def _close(self, code: int, reason: str) -> None:
-        await self._ws.close(code=code, message=reason.encode())
+    async def _answer_close(self, code: int, reason: str) -> None:
+        """End the closing handshake on the peer's close frame."""
+        self._set_close_state(code, reason)
+        if self._closing:  # the peer answered ours: the handshake is complete
+            self._transport.close()
+            return
+        self._closing = True
+        echoed = code if code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999 else 1000
+        await self._ws.close(code=echoed)  # aiohttp answers, then closes the socket
 
     def _abort(self) -> None:
         """Drop the socket without a closing handshake."""
@@ -392,23 +421,21 @@ class Connection:
     async def _serve(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
         """Run the connection: ``on_establish``, then messages until it closes, then ``finish``."""
         try:
-            if await self._establish(on_establish, handshake_results):
-                await self._receive_messages()
+            await self._establish(on_establish, handshake_results)
+            await self._receive_messages()  # after a close, until the peer answers it
         finally:
             # Shielded: aiohttp may cancel this handler when the peer goes away, and finish
             # handlers must still run to completion.
             await asyncio.shield(asyncio.get_running_loop().create_task(self._finish()))
 
-    async def _establish(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> bool:
+    async def _establish(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
         try:
             result = on_establish(self, self._request, handshake_results)
             if inspect.isawaitable(result):
                 await result
         except Exception:
             logger.exception("on_establish raised for %r", self)
-            await self._close_after_error()
-            return False
-        return True
+            self.close(WSCloseCode.INTERNAL_ERROR)
 
     async def _receive_messages(self) -> None:
         ws = self._ws
@@ -416,10 +443,12 @@ class Connection:
             message = await ws.receive()
             kind = message.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                if self._closing:
+                    continue  # we sent a close frame: the peer's late messages are dropped
                 data = message.data
                 if self._inflated_limit is not None and _exceeds(data, self._inflated_limit):
                     await self._refuse_oversized()
-                    return
+                    continue
                 try:
                     for registration in self._handlers["message"]:
                         handler = registration.handler
@@ -431,14 +460,14 @@ class Connection:
                             await result
                 except Exception as exc:
                     await self._report_error(exc)
-                    await self._close_after_error()
+                    self.close(WSCloseCode.INTERNAL_ERROR)
             elif kind is WSMsgType.CLOSE:
-                self._set_close_state(message.data, message.extra or "")
+                await self._answer_close(message.data, message.extra or "")
                 return
             elif kind is WSMsgType.ERROR:
                 await self._receive_failed(message.data)
                 return
-            else:  # CLOSING or CLOSED: our own close, or the socket is gone
+            else:  # CLOSED: the socket is gone
                 return
 
     async def _refuse_oversized(self) -> None:
@@ -446,7 +475,7 @@ class Connection:
         too_big = WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"Message size exceeds {limit}")
         self._set_close_state(WSCloseCode.MESSAGE_TOO_BIG, "")
         await self._report_error(too_big)
-        await self.close(WSCloseCode.MESSAGE_TOO_BIG)
+        self.close(WSCloseCode.MESSAGE_TOO_BIG)
 
     async def _receive_failed(self, exc: BaseException) -> None:
         code = getattr(exc, "code", None)
@@ -466,14 +495,10 @@ class Connection:
         except Exception:
             logger.exception("an error handler raised for %r", self)
 
-    async def _close_after_error(self) -> None:
-        if not self.closed:
-            await self.close(WSCloseCode.INTERNAL_ERROR)
-
     async def _finish(self) -> None:
         self._closing = True
-        if self._closer is not None:
-            await self._closer  # finish fires once the closing handshake is over
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         self._set_close_state(WSCloseCode.ABNORMAL_CLOSURE, "")
         for name in self._groups:
             self._app._groups.discard(name, self)

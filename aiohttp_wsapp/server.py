@@ -122,6 +122,9 @@ class WebSocketServer:
             heartbeat=self.heartbeat,
             compress=self.compress,
             timeout=self.close_timeout,
+            # The receive loop answers the peer's close frame itself, so that a close the server
+            # started completes in that same loop instead of aiohttp dropping the socket.
+            autoclose=False,
         )
 
     async def run_handshake(
