@@ -16,6 +16,7 @@ from .errors import (
 from .server import WebSocketServer
 
 __version__ = "0.1.0"
+"""The version of the package."""
 
 __all__ = [
     "ERROR_KEY",

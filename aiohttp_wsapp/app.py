@@ -130,9 +130,10 @@ class WebSocketApp:
     async def call(self, request: web.Request) -> web.StreamResponse:
         """Handle one request: the handshake, then the connection until it closes.
 
-        An ordinary aiohttp handler: ``router.add_get("/ws", app.call)`` works too.
+        An ordinary aiohttp handler: ``router.add_get("/ws", wsapp.call)`` works too; then call
+        ``wsapp.setup(app)`` so that shutdown and the broker follow the application.
         """
-        response = self._server.new_response()
+        response = self._server._new_response(request)
         try:
             self._admit(request)
             handshake_results = await self._handshake(request, response)
@@ -163,7 +164,7 @@ class WebSocketApp:
         if not origin_allowed(self._server.allowed_origins, request):
             raise _Refusal(ORIGIN_NOT_ALLOWED)
         try:
-            return await self._server.run_handshake(request, response)
+            return await self._server._run_handshake(request, response)
         except Exception as exc:
             raise _Refusal(INVALID_REQUEST, exc) from None
 
@@ -252,10 +253,19 @@ class WebSocketApp:
         app[WSAPP_KEY] = self
         app.router.add_route("*", "", self.call)
         app.router.add_route("*", "/{tail:.*}", self.call)
+        self.setup(app)
+        return app
+
+    def setup(self, app: web.Application) -> None:
+        """Tie this endpoint to ``app``'s lifecycle: needed when routing to :meth:`call` directly.
+
+        On ``app``'s startup the broker connects; on its shutdown every connection is closed
+        with 1001 (:meth:`shutdown`); on its cleanup the broker disconnects.
+        :meth:`to_app` does this for the application it returns.
+        """
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
-        return app
 
     async def _on_startup(self, app: web.Application) -> None:
         self._shutting_down = False

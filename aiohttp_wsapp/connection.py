@@ -310,12 +310,23 @@ class Connection:
     def send_json(
         self, obj: Any, *, dumps: Callable[[Any], str | bytes] = json.dumps
     ) -> Awaitable[None]:
-        """Send ``dumps(obj)`` as a text frame (``dumps`` may return ``str`` or UTF-8 bytes)."""
+        """Send ``dumps(obj)`` as a text frame (``dumps`` may return ``str`` or UTF-8 bytes).
+
+        Like :meth:`send`, it need not be awaited; awaited, it waits for flow control.
+
+        :raises ConnectionClosed: when awaited, if the connection is closed.
+        """
         text = dumps(obj)
         return self._send_message(Opcode.TEXT, text.encode() if isinstance(text, str) else text)
 
     def ping(self, data: bytes = b"") -> Awaitable[None]:
-        """Send a ping carrying ``data`` (at most 125 bytes); aiohttp answers the peer's pings."""
+        """Send a ping carrying ``data``; the peer's pings are answered without help.
+
+        Like :meth:`send`, it need not be awaited; awaited, it waits for flow control.
+
+        :raises ValueError: ``data`` is longer than 125 bytes.
+        :raises ConnectionClosed: when awaited, if the connection is closed.
+        """
         if len(data) > 125:
             raise ValueError("a ping carries at most 125 bytes")
         if self.closed:

@@ -18,10 +18,19 @@ __all__ = [
 ]
 
 NOT_SUPPORTED = "not supported by the server"
+"""The request has no usable transport: the peer is gone, or no socket-backed server sent it."""
+
 INVALID_REQUEST = "invalid request"
+"""The request is no valid RFC 6455 opening handshake, or the ``handshake`` callback raised."""
+
 ORIGIN_NOT_ALLOWED = "origin not allowed"
+"""The request's ``Origin`` is not allowed by ``allowed_origins``."""
+
 TOO_MANY_CONNECTIONS = "too many connections"
+"""``max_connections`` connections are open already."""
+
 SHUTTING_DOWN = "server shutting down"
+"""The application that holds the endpoint is shutting down."""
 
 ERROR_KEY = web.RequestKey("aiohttp_wsapp.error", str)
 """The error string of a failed handshake, set on the request before ``on_error`` runs."""
@@ -43,7 +52,8 @@ class ConnectionClosed(Exception):
 
 
 class BrokerError(Exception):
-    """Raised by ``broadcast`` when the broker cannot deliver the message."""
+    """Raised by ``broadcast`` when the broker cannot deliver, and by a broker that cannot
+    connect when the application starts."""
 
 
 def default_on_error(request: web.Request) -> web.Response:

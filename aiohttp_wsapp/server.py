@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from .handshake import OriginCheck, OriginPolicy, normalise_origin
 
@@ -65,7 +65,8 @@ class WebSocketServer:
         anything else is ``(value,)``.
     :param validator: ``validator(request)``, the original's older form with the same results
         rule; ignored when ``handshake`` is given.
-    :param protocols: the subprotocols this endpoint speaks, in order of preference.
+    :param protocols: the subprotocols this endpoint speaks, in order of preference: the first
+        of them that the client offers is chosen, whatever the client's order.
     :param max_payload_size: bytes; a larger incoming message closes the connection with 1009.
     :param heartbeat: seconds between pings; a peer that does not answer within half that time
         is dropped. ``None`` sends no pings.
@@ -113,10 +114,11 @@ class WebSocketServer:
         self.send_buffer_limit = send_buffer_limit
         self.close_timeout = close_timeout
 
-    def new_response(self) -> web.WebSocketResponse:
-        """Return a not yet prepared response configured with these settings."""
+    def _new_response(self, request: web.Request) -> web.WebSocketResponse:
+        """Return a not yet prepared response to ``request`` configured with these settings."""
         return web.WebSocketResponse(
-            protocols=self.protocols,
+            # aiohttp picks the client's first choice; the server's preference decides here.
+            protocols=self._preferred_protocol(request),
             # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
             max_msg_size=self.max_payload_size + 1,
             heartbeat=self.heartbeat,
@@ -127,7 +129,15 @@ class WebSocketServer:
             autoclose=False,
         )
 
-    async def run_handshake(
+    def _preferred_protocol(self, request: web.Request) -> tuple[str, ...]:
+        offered = {
+            protocol.strip()
+            for header in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
+            for protocol in header.split(",")
+        }
+        return next(((protocol,) for protocol in self.protocols if protocol in offered), ())
+
+    async def _run_handshake(
         self, request: web.Request, response: web.WebSocketResponse
     ) -> tuple[Any, ...]:
         """Run the ``handshake`` (or ``validator``) callback and return the handshake results."""

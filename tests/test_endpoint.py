@@ -334,3 +334,25 @@ async def test_subprotocol_is_negotiated_in_preference_order(serve: Serve) -> No
 def test_bad_server_settings_raise(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         WebSocketServer(**kwargs)
+
+
+async def test_server_preference_decides_the_subprotocol(serve: Serve) -> None:
+    endpoint = await serve(echo, websocket_server=WebSocketServer(protocols=("v2", "v1")))
+    async with endpoint.client.ws_connect("/websocket", protocols=["v1", "v2"]) as ws:
+        assert ws.protocol == "v2"
+
+
+async def test_setup_ties_a_routed_endpoint_to_shutdown(aiohttp_client: AiohttpClient) -> None:
+    finished: asyncio.Future[int | None] = asyncio.Future()
+    wsapp = WebSocketApp(
+        lambda conn, request, hs: conn.on("finish", lambda c: finished.set_result(c.close_code))
+    )
+    app = web.Application()
+    app.router.add_get("/ws", wsapp.call)
+    wsapp.setup(app)
+    client = await aiohttp_client(app)
+    async with client.ws_connect("/ws") as ws:
+        closing = asyncio.ensure_future(ws.receive())  # reads and answers the close frame
+        await client.server.close()
+        assert (await asyncio.wait_for(closing, TIMEOUT)).data == 1001
+        assert await asyncio.wait_for(finished, TIMEOUT) == 1001
