@@ -16,8 +16,9 @@ channel only while it has a member in that group.
 
 Delivery guarantee: Redis pub/sub delivers *at most once*. A broadcast published while a process
 is disconnected from Redis is lost for that process: it is not replayed when the broker
-reconnects. While this process is disconnected, ``broadcast`` raises :class:`BrokerError`. The
-broadcasts of one publisher reach every process in the order they were made.
+reconnects. While this process is disconnected, ``broadcast`` raises :class:`BrokerError` (the
+broadcast reaches no one) and the broker reconnects by itself. Broadcasts that one process makes
+one after the other reach every process, itself included, in that order.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import asyncio
 import contextlib
 import logging
 import struct
+import sys
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -34,13 +37,17 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from yarl import URL
 
 from .broker import Broadcast, Broker, Deliver
 from .errors import BrokerError
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout
+else:  # pragma: no cover - Python 3.10
+    from async_timeout import timeout
 
 __all__ = ["RedisBroker"]
 
@@ -52,12 +59,13 @@ _LOST: Final = (RedisError, OSError, asyncio.TimeoutError)
 _FIRST_RETRY_DELAY: Final = 0.1
 _MAX_RETRY_DELAY: Final = 5.0
 _ANSWER_TIMEOUT: Final = 5.0
+"""How long connecting, subscribing or publishing may take before the connection counts as lost."""
 
 # One message on a channel: a header, the ids of the excluded connections, then the payload as it
 # is. The group is not in the message: it is the channel's.
 #   1 byte    kind: _TEXT (the payload is UTF-8) or _BINARY
 #   4 bytes   n, the number of excluded connection ids (big-endian)
-#   n times   1 byte, the length of the id, then the id (ASCII)
+#   n times   1 byte, the length of the id, then the id (UTF-8)
 #   the rest  the payload
 _HEADER: Final = struct.Struct("!BI")
 _TEXT: Final = 1
@@ -75,13 +83,14 @@ class RedisBroker(Broker):
 
     The broker connects when the application starts (and the startup fails with
     :class:`BrokerError` if Redis cannot be reached) and disconnects when it stops. If the
-    connection is lost later, :meth:`publish` raises :class:`BrokerError` while the broker
+    connection is lost later, ``broadcast`` raises :class:`BrokerError` while the broker
     reconnects by itself, waiting 0.1 s after the loss, then twice as long after each failed
-    attempt, up to 5 s. Connections of this process are served as before meanwhile, but the
-    broadcasts made during that time are lost for this process (at most once, as Redis pub/sub).
+    attempt, up to 5 s, and subscribes again to every channel this process needs. Connections
+    of this process are served as before meanwhile, but the broadcasts made by other processes
+    during that time are lost for this one (at most once, as Redis pub/sub).
     """
 
-    # Sent on an idle connection this often; a connection silent for three times as long is lost.
+    # A PING goes out on a subscription silent for this long; silent as long again, it is lost.
     _ping_interval: float = 5.0
 
     def __init__(self, url: str, *, prefix: str = "aiohttp_wsapp") -> None:
@@ -94,6 +103,7 @@ class RedisBroker(Broker):
             raise ValueError("prefix must not be empty")
         self._url = url
         self._safe_url = _without_password(url)
+        self._prefix = prefix
         self._all_channel = f"{prefix}:all".encode()
         self._group_channel_prefix = f"{prefix}:group:".encode()
         self._client: Redis | None = None
@@ -116,7 +126,7 @@ class RedisBroker(Broker):
 
     def __repr__(self) -> str:
         state = "connected" if self._connected else "disconnected"
-        return f"<RedisBroker {self._safe_url} {self._all_channel.decode()!r} {state}>"
+        return f"<RedisBroker {self._safe_url} prefix={self._prefix!r} {state}>"
 
     # -- Broker -------------------------------------------------------------------------------
 
@@ -132,7 +142,10 @@ class RedisBroker(Broker):
         self._client = Redis.from_url(
             self._url,
             socket_connect_timeout=_ANSWER_TIMEOUT,
-            socket_timeout=_ANSWER_TIMEOUT,
+            # The timeouts are ours (see _ANSWER_TIMEOUT and _receive): redis-py sends through
+            # asyncio.wait_for when it has a socket_timeout, which on Python < 3.12 may swallow
+            # the cancellation that stop() relies on.
+            socket_timeout=None,
             # No retry inside redis-py: a lost connection surfaces here, and _run reconnects.
             retry=Retry(NoBackoff(), 0),
         )
@@ -142,7 +155,9 @@ class RedisBroker(Broker):
             client, self._client = self._client, None
             await client.aclose()
             if isinstance(exc, _LOST):
-                raise BrokerError(f"cannot connect to Redis at {self._safe_url}: {exc}") from exc
+                raise BrokerError(
+                    f"cannot connect to Redis at {self._safe_url}: {_reason(exc)}"
+                ) from exc
             raise
         self._task = asyncio.get_running_loop().create_task(
             self._run(pubsub), name=f"RedisBroker {self._safe_url}"
@@ -183,9 +198,12 @@ class RedisBroker(Broker):
         if self._answered < self._requested:
             await self._subscriptions_settled(self._requested)
         try:
-            await client.publish(self._channel(broadcast.group), _encode(broadcast))
+            async with timeout(_ANSWER_TIMEOUT):
+                await client.publish(self._channel(broadcast.group), _encode(broadcast))
         except _LOST as exc:
-            raise BrokerError(f"cannot publish to Redis at {self._safe_url}: {exc}") from exc
+            raise BrokerError(
+                f"cannot publish to Redis at {self._safe_url}: {_reason(exc)}"
+            ) from exc
 
     def group_joined(self, group: str) -> None:
         """Subscribe to the channel of ``group``, which has its first member in this process."""
@@ -219,14 +237,13 @@ class RedisBroker(Broker):
         channels = [self._all_channel, *map(self._channel, self._groups)]
         pubsub = self._client.pubsub()
         try:
-            await pubsub.subscribe(*channels)
-            unconfirmed = set(channels)
-            while unconfirmed:
-                message = await pubsub.get_message(timeout=_ANSWER_TIMEOUT)
-                if message is None:
-                    raise RedisTimeoutError("Redis did not confirm the subscription")
-                if message["type"] == "subscribe":
-                    unconfirmed.discard(message["channel"])
+            async with timeout(_ANSWER_TIMEOUT):
+                await pubsub.subscribe(*channels)
+                unconfirmed = set(channels)
+                while unconfirmed:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None and message["type"] == "subscribe":
+                        unconfirmed.discard(message["channel"])
         except BaseException:
             await _close(pubsub)
             raise
@@ -263,7 +280,9 @@ class RedisBroker(Broker):
             try:
                 await self._serve(pubsub)
             except _LOST as exc:
-                logger.warning("lost the connection to Redis at %s: %s", self._safe_url, exc)
+                logger.warning(
+                    "lost the connection to Redis at %s: %s", self._safe_url, _reason(exc)
+                )
             except Exception:
                 logger.exception("the Redis broker failed; reconnecting")
             finally:
@@ -283,11 +302,11 @@ class RedisBroker(Broker):
                 logger.debug(
                     "Redis at %s still unreachable (%s); next attempt in %.1f s",
                     self._safe_url,
-                    exc,
+                    _reason(exc),
                     delay,
                 )
             else:
-                logger.warning("reconnected to Redis at %s", self._safe_url)
+                logger.info("reconnected to Redis at %s", self._safe_url)
                 return pubsub
 
     async def _serve(self, pubsub: PubSub) -> None:
@@ -309,19 +328,30 @@ class RedisBroker(Broker):
                 raise error
 
     async def _receive(self, pubsub: PubSub) -> None:
-        """Deliver every broadcast ``pubsub`` receives, and count the answers to changes."""
+        """Deliver every broadcast ``pubsub`` receives, and count the answers to changes.
+
+        A subscription silent for ``_ping_interval`` gets a PING; if it stays silent as long
+        again, Redis is gone (a host that vanished sends no reset).
+        """
         deliver = self._deliver
         assert deliver is not None
+        interval = self._ping_interval
         loop = asyncio.get_running_loop()
-        silence = 3 * self._ping_interval
         last_heard = loop.time()
+        pinged = False
         while True:
-            message: dict[str, Any] | None = await pubsub.get_message(timeout=silence)
+            message: dict[str, Any] | None = await pubsub.get_message(timeout=interval)
             if message is None:
-                if loop.time() - last_heard >= silence:
-                    raise RedisConnectionError(f"Redis did not answer for {silence:g} s")
+                if loop.time() - last_heard < interval:
+                    continue
+                if pinged:
+                    raise RedisTimeoutError(f"Redis did not answer a PING within {interval:g} s")
+                await pubsub.ping()
+                pinged = True
+                last_heard = loop.time()
                 continue
             last_heard = loop.time()
+            pinged = False
             kind = message["type"]
             if kind == "message":
                 broadcast = self._decode(message["channel"], message["data"])
@@ -334,14 +364,10 @@ class RedisBroker(Broker):
                 self._answer()
 
     async def _apply_changes(self, pubsub: PubSub) -> None:
-        """Send the subscription changes in order; ping Redis when there is none for a while."""
+        """Send the subscription changes, in the order they were made."""
         changes = self._changes
         while True:
-            try:
-                subscribe, group = await asyncio.wait_for(changes.get(), self._ping_interval)
-            except asyncio.TimeoutError:
-                await pubsub.ping()
-                continue
+            subscribe, group = await changes.get()
             if subscribe:
                 await pubsub.subscribe(self._channel(group))
             else:
@@ -399,9 +425,14 @@ def _decode(message: bytes, group: str | None) -> Broadcast:
     return Broadcast(data, group, frozenset(exclude))
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 async def _close(pubsub: PubSub) -> None:
+    aclose: Callable[[], Awaitable[None]] = pubsub.aclose  # not annotated in redis-py
     with contextlib.suppress(Exception):
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await aclose()
 
 
 def _without_password(url: str) -> str:

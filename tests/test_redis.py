@@ -1,0 +1,526 @@
+"""``RedisBroker``: broadcasts shared through a real ``redis-server`` by separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient
+from conftest import TIMEOUT
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+from redis_server import Node, RedisServer, free_port
+from support import require_module, require_program
+
+from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, create_app
+from aiohttp_wsapp.broker import Broadcast
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from aiohttp_wsapp.redis import RedisBroker
+
+RECOVERY_TIMEOUT = 15.0
+"""How long a test waits for the brokers to reconnect after Redis is back."""
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"still not true after {timeout} s: {condition.__name__}")
+        await asyncio.sleep(0.02)
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_module() -> None:
+    """Skip (fail in CI) without the ``redis`` package."""
+    require_module("redis", "pip install redis")
+
+
+@pytest.fixture
+async def redis_server(redis_module: None, tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A real ``redis-server`` on a free loopback port, stopped after the test."""
+    program = require_program("redis-server", "apt-get install redis-server")
+    server = RedisServer(program, tmp_path)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the test's Redis, to look at its channels."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+MakeBroker = Callable[..., "RedisBroker"]
+
+
+@pytest.fixture
+def make_broker(redis_server: RedisServer) -> MakeBroker:
+    """Make a ``RedisBroker`` on the test's Redis."""
+    from aiohttp_wsapp.redis import RedisBroker
+
+    def make(**kwargs: Any) -> RedisBroker:
+        return RedisBroker(redis_server.url, **kwargs)
+
+    return make
+
+
+class Local:
+    """An endpoint with a ``RedisBroker`` in this process; its connections echo."""
+
+    wsapp: WebSocketApp
+    client: TestClient[Any, Any]
+
+    def __init__(self) -> None:
+        self.connections: asyncio.Queue[Connection] = asyncio.Queue()
+
+    def on_establish(
+        self, conn: Connection, request: web.Request, results: tuple[Any, ...]
+    ) -> None:
+        """Echo every message."""
+        conn.on("message", lambda conn, message: conn.send(message))
+        self.connections.put_nowait(conn)
+
+    async def connect(self) -> tuple[aiohttp.ClientWebSocketResponse, Connection]:
+        """Open a client connection; return it and the server's side of it."""
+        ws = await self.client.ws_connect("/")
+        return ws, await asyncio.wait_for(self.connections.get(), TIMEOUT)
+
+
+ServeLocal = Callable[..., Awaitable[Local]]
+
+
+@pytest.fixture
+def serve_local(
+    make_broker: MakeBroker, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> ServeLocal:
+    """Serve an endpoint with ``RedisBroker(url, **kwargs)`` in this process."""
+
+    async def serve(**kwargs: Any) -> Local:
+        local = Local()
+        local.wsapp = WebSocketApp(local.on_establish, broker=make_broker(**kwargs))
+        local.client = await aiohttp_client(await aiohttp_server(local.wsapp.to_app()))
+        return local
+
+    return serve
+
+
+StartNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
+    """Start endpoint processes (``tests/redis_node.py``); stop them all after the test."""
+    started: list[Node] = []
+
+    async def start(prefix: str = "aiohttp_wsapp") -> Node:
+        node = Node(redis_server.url, prefix=prefix)
+        started.append(node)
+        await node.start()
+        return node
+
+    yield start
+    await asyncio.gather(*(node.stop() for node in started))
+
+
+class NodeClient:
+    """A client of a :class:`Node`: sends commands, and keeps apart replies and broadcasts."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.received: deque[str | bytes] = deque()
+
+    async def command(self, do: str, **fields: Any) -> dict[str, Any]:
+        """Send a command; return its reply (keeping what arrives before it for :meth:`next`)."""
+        await self.ws.send_str(json.dumps({"do": do, **fields}))
+        while True:
+            message = await self._receive()
+            if isinstance(message, str) and message.startswith('{"reply"'):
+                reply: dict[str, Any] = json.loads(message)
+                return reply
+            self.received.append(message)
+
+    async def broadcast(self, data: str, **options: Any) -> None:
+        """Make the node broadcast ``data``; fail if it could not."""
+        assert await self.command("broadcast", data=data, **options) == {"reply": "broadcast"}
+
+    async def next(self) -> str | bytes:
+        """The next message that is not a reply."""
+        if self.received:
+            return self.received.popleft()
+        return await self._receive()
+
+    async def _receive(self) -> str | bytes:
+        message = await self.ws.receive(timeout=TIMEOUT)
+        assert message.type in (WSMsgType.TEXT, WSMsgType.BINARY), message
+        data: str | bytes = message.data
+        return data
+
+
+Connect = Callable[[Node], Awaitable[NodeClient]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Open client connections to nodes; close them all after the test."""
+    clients: list[NodeClient] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def connect(node: Node) -> NodeClient:
+            client = NodeClient(await session.ws_connect(node.url))
+            clients.append(client)
+            return client
+
+        yield connect
+        for client in clients:
+            await client.ws.close()
+
+
+async def subscribers(redis_url: str, channel: str) -> int:
+    """How many connections are subscribed to ``channel`` (a new client each time)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    try:
+        counts = await client.pubsub_numsub(channel)
+    finally:
+        await client.aclose()
+    return int(counts[0][1])
+
+
+async def wait_for_channels(redis: Redis, prefix: str, *expected: str) -> None:
+    """Wait until the channels with subscribers that start with ``prefix`` are ``expected``."""
+
+    async def match() -> bool:
+        names = await redis.pubsub_channels(f"{prefix}*")
+        return {name.decode() if isinstance(name, bytes) else name for name in names} == set(
+            expected
+        )
+
+    await wait_until(match, RECOVERY_TIMEOUT)
+
+
+async def wait_for_subscribers(redis_url: str, channel: str, count: int) -> None:
+    """Wait until ``count`` connections are subscribed to ``channel``."""
+
+    async def subscribed() -> bool:
+        return await subscribers(redis_url, channel) == count
+
+    await wait_until(subscribed, RECOVERY_TIMEOUT)
+
+
+# -- across processes ----------------------------------------------------------------------------
+
+
+async def test_broadcast_reaches_the_clients_of_every_process(
+    start_node: StartNode, connect: Connect
+) -> None:
+    a, b = await start_node(), await start_node()
+    clients = [await connect(node) for node in (a, a, b, b)]
+
+    await clients[0].broadcast("hello everyone")
+    await clients[3].broadcast("binary hello", binary=True)
+
+    for client in clients:
+        assert await client.next() == "hello everyone"
+        assert await client.next() == b"binary hello"
+
+
+async def test_group_broadcast_reaches_only_its_members_in_every_process(
+    start_node: StartNode, connect: Connect, redis_server: RedisServer
+) -> None:
+    a, b = await start_node(), await start_node()
+    a_member, a_other, b_member, b_other = [await connect(n) for n in (a, a, b, b)]
+    await a_member.command("join", group="room")
+    await b_member.command("join", group="room")
+    await wait_for_subscribers(redis_server.url, "aiohttp_wsapp:group:room", 2)
+
+    await a_other.broadcast("to the room", group="room")
+    await a_other.broadcast("to everyone")  # same publisher, so it arrives after
+
+    for member in (a_member, b_member):
+        assert await member.next() == "to the room"
+        assert await member.next() == "to everyone"
+    for other in (a_other, b_other):
+        assert await other.next() == "to everyone"
+
+
+async def test_exclude_is_respected_in_every_process(
+    start_node: StartNode, connect: Connect, redis_server: RedisServer
+) -> None:
+    a, b = await start_node(), await start_node()
+    sender, a_other, b_member = [await connect(n) for n in (a, a, b)]
+    await sender.command("join", group="room")
+    await b_member.command("join", group="room")
+    await wait_for_subscribers(redis_server.url, "aiohttp_wsapp:group:room", 2)
+
+    await sender.broadcast("not to the sender", exclude_self=True)
+    await sender.broadcast("room, not to the sender", group="room", exclude_self=True)
+    await sender.broadcast("to everyone")
+
+    assert await sender.next() == "to everyone"
+    assert await a_other.next() == "not to the sender"
+    assert await a_other.next() == "to everyone"
+    assert await b_member.next() == "not to the sender"
+    assert await b_member.next() == "room, not to the sender"
+    assert await b_member.next() == "to everyone"
+
+
+async def test_delivery_resumes_in_every_process_after_redis_restarts(
+    start_node: StartNode, connect: Connect, redis_server: RedisServer
+) -> None:
+    a, b = await start_node(), await start_node()
+    sender, member = await connect(a), await connect(b)
+    await member.command("join", group="room")
+    await wait_for_subscribers(redis_server.url, "aiohttp_wsapp:group:room", 1)
+
+    await redis_server.kill()
+    reply = await sender.command("broadcast", data="lost")
+    assert reply["reply"] == "error"
+    assert reply["error"].startswith("BrokerError")
+    await sender.ws.send_str("still served")
+    assert await sender.next() == "still served"
+
+    await redis_server.start()
+    await wait_for_subscribers(redis_server.url, "aiohttp_wsapp:all", 2)
+    await wait_for_subscribers(redis_server.url, "aiohttp_wsapp:group:room", 1)
+
+    async def broadcast_succeeds() -> bool:  # the sender's process may still be reconnecting
+        return await sender.command("broadcast", data="back", group="room") == {
+            "reply": "broadcast"
+        }
+
+    await wait_until(broadcast_succeeds, RECOVERY_TIMEOUT)
+    assert await member.next() == "back"
+
+
+# -- in one process ------------------------------------------------------------------------------
+
+
+async def test_broadcast_raises_broker_error_while_redis_is_down_then_resumes(
+    serve_local: ServeLocal, redis_server: RedisServer, redis: Redis
+) -> None:
+    local = await serve_local()
+    ws, conn = await local.connect()
+    conn.join("room")
+    await local.wsapp.broadcast("before", group="room")
+    assert await ws.receive_str(timeout=TIMEOUT) == "before"
+
+    await redis_server.kill()
+    with pytest.raises(BrokerError, match=r"Redis at redis://127\.0\.0\.1:\d+/0"):
+        await local.wsapp.broadcast("lost")
+    await ws.send_str("echo")
+    assert await ws.receive_str(timeout=TIMEOUT) == "echo"
+    conn.leave("room")  # group changes while disconnected count when the broker is back
+    conn.join("new room")
+
+    await redis_server.start()
+    await wait_for_channels(
+        redis, "aiohttp_wsapp:", "aiohttp_wsapp:all", "aiohttp_wsapp:group:new room"
+    )
+
+    async def published() -> bool:
+        try:
+            await local.wsapp.broadcast("after", group="new room")
+        except BrokerError:
+            return False
+        return True
+
+    await wait_until(published, RECOVERY_TIMEOUT)
+    assert await ws.receive_str(timeout=TIMEOUT) == "after"
+
+
+async def test_startup_fails_clearly_when_redis_is_unreachable(
+    redis_module: None, aiohttp_server: AiohttpServer
+) -> None:
+    from aiohttp_wsapp.redis import RedisBroker
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    app = create_app(lambda *args: None, broker=RedisBroker(url))
+    with pytest.raises(BrokerError, match=f"cannot connect to Redis at {url}"):
+        await aiohttp_server(app)
+
+
+async def test_a_process_listens_to_a_group_only_while_it_has_members(
+    serve_local: ServeLocal, redis: Redis
+) -> None:
+    local = await serve_local(prefix="p")
+
+    async def channels_are(*expected: str) -> None:
+        await wait_for_channels(redis, "p:", *expected)
+
+    assert await redis.pubsub_channels("p:*") == [b"p:all"]
+    (_, first), (_, second) = await local.connect(), await local.connect()
+    first.join("g")
+    await channels_are("p:all", "p:group:g")
+    second.join("g")
+    first.leave("g")
+    second.join("barrier")  # changes are applied in order: once it shows, so did the leave
+    await channels_are("p:all", "p:group:g", "p:group:barrier")
+    second.leave("barrier")
+    second.leave("g")
+    await channels_are("p:all")
+    third_ws, third = await local.connect()
+    third.join("h")
+    await channels_are("p:all", "p:group:h")
+    await third_ws.close()  # a closed connection leaves its groups
+    await channels_are("p:all")
+
+
+async def test_a_new_member_gets_a_broadcast_made_right_after_it_joined(
+    serve_local: ServeLocal,
+) -> None:
+    local = await serve_local()
+    for attempt in range(20):
+        ws, conn = await local.connect()
+        conn.join(f"fresh {attempt}")
+        await local.wsapp.broadcast(f"welcome {attempt}", group=f"fresh {attempt}")
+        assert await ws.receive_str(timeout=TIMEOUT) == f"welcome {attempt}"
+        await ws.close()
+
+
+async def test_brokers_with_another_prefix_do_not_share_broadcasts(
+    serve_local: ServeLocal,
+) -> None:
+    first, second = await serve_local(prefix="first"), await serve_local(prefix="second")
+    (first_ws, _), (second_ws, _) = await first.connect(), await second.connect()
+
+    await first.wsapp.broadcast("first only")
+    await second.wsapp.broadcast("second only")
+
+    assert await first_ws.receive_str(timeout=TIMEOUT) == "first only"
+    assert await second_ws.receive_str(timeout=TIMEOUT) == "second only"
+
+
+async def test_a_malformed_message_is_logged_and_skipped(
+    serve_local: ServeLocal, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    local = await serve_local()
+    ws, _ = await local.connect()
+    await redis.publish("aiohttp_wsapp:all", b"\x07 not a broadcast")
+    await local.wsapp.broadcast("fine")
+    assert await ws.receive_str(timeout=TIMEOUT) == "fine"
+    assert any("malformed message" in record.getMessage() for record in caplog.records)
+
+
+# -- the broker by itself ------------------------------------------------------------------------
+
+
+async def test_every_field_of_a_broadcast_crosses_redis(make_broker: MakeBroker) -> None:
+    sender, receiver = make_broker(), make_broker()
+    received: asyncio.Queue[Broadcast] = asyncio.Queue()
+    await sender.start(lambda broadcast: None)
+    await receiver.start(received.put_nowait)
+    try:
+        group = "ünïcode \udcff group"  # any str, lone surrogates too
+        receiver.group_joined(group)
+        broadcasts = [
+            Broadcast("text ✓"),
+            Broadcast(b"\x00binary\xff", exclude=frozenset({"0123456789abcdef", "x"})),
+            Broadcast("", group=group, exclude=frozenset({"a"})),
+            Broadcast(b"", group=group),
+        ]
+        await receiver.publish(broadcasts[0])  # waits for the group subscription first
+        for broadcast in broadcasts[1:]:
+            await sender.publish(broadcast)
+        for broadcast in broadcasts:
+            assert await asyncio.wait_for(received.get(), TIMEOUT) == broadcast
+    finally:
+        await sender.stop()
+        await receiver.stop()
+
+
+async def test_stop_leaves_no_task_and_the_broker_can_start_again(
+    make_broker: MakeBroker,
+) -> None:
+    broker = make_broker()
+    received: asyncio.Queue[Broadcast] = asyncio.Queue()
+    before = asyncio.all_tasks()
+    for _ in range(2):
+        await broker.start(received.put_nowait)
+        await broker.publish(Broadcast("hi"))
+        assert await asyncio.wait_for(received.get(), TIMEOUT) == Broadcast("hi")
+        await broker.stop()
+        assert asyncio.all_tasks() == before
+    with pytest.raises(BrokerError, match="not connected"):
+        await broker.publish(Broadcast("after stop"))
+
+
+async def test_start_twice_is_an_error(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    await broker.start(lambda broadcast: None)
+    try:
+        with pytest.raises(RuntimeError, match="already started"):
+            await broker.start(lambda broadcast: None)
+    finally:
+        await broker.stop()
+
+
+async def test_a_silent_redis_is_noticed_and_reconnected_to(
+    make_broker: MakeBroker, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = make_broker()
+    broker._ping_interval = 0.1  # silence for 0.3 s means the connection is lost
+    received: asyncio.Queue[Broadcast] = asyncio.Queue()
+    await broker.start(received.put_nowait)
+    try:
+        caplog.set_level(logging.WARNING, "aiohttp_wsapp")
+        redis_server.pause()
+
+        async def noticed() -> bool:
+            return "lost the connection to Redis" in caplog.text
+
+        await wait_until(noticed)
+        with pytest.raises(BrokerError, match="not connected"):
+            await broker.publish(Broadcast("while paused"))
+        redis_server.resume()
+
+        async def published() -> bool:
+            try:
+                await broker.publish(Broadcast("resumed"))
+            except BrokerError:
+                return False
+            return True
+
+        await wait_until(published, RECOVERY_TIMEOUT)
+        assert await asyncio.wait_for(received.get(), TIMEOUT) == Broadcast("resumed")
+    finally:
+        await broker.stop()
+
+
+def test_bad_arguments_are_refused(redis_module: None) -> None:
+    from aiohttp_wsapp.redis import RedisBroker
+
+    with pytest.raises(ValueError, match="scheme"):
+        RedisBroker("http://localhost:6379")
+    with pytest.raises(ValueError, match="prefix"):
+        RedisBroker("redis://localhost", prefix="")
+    with pytest.raises(TypeError):
+        RedisBroker(b"redis://localhost")  # type: ignore[arg-type]
+
+
+def test_the_url_shown_leaves_out_the_password(redis_module: None) -> None:
+    from aiohttp_wsapp.redis import RedisBroker
+
+    broker = RedisBroker("redis://user:secret@localhost:6379/1")
+    assert broker.url == "redis://user@localhost:6379/1"
+    assert "secret" not in repr(broker)
