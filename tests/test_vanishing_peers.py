@@ -1,0 +1,310 @@
+"""Peers that vanish at the worst moment: the endpoint fires ``finish`` once and cleans up.
+
+A peer vanishes mid-message (half a frame, then FIN or reset), mid-handshake (half an HTTP
+request; or while the ``handshake`` callback runs), and mid-close (it never answers the server's
+close frame). Each time ``finish`` fires exactly once for an established connection, no task is left
+running, and nothing is logged as an error.
+
+The server runs under ``web.AppRunner`` with and without ``handler_cancellation``: aiohttp's test
+server cancels the handler when the peer goes (``handler_cancellation=True``), ``web.run_app``
+does not by default, and the endpoint must clean up in both cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from rawws import (
+    DEFAULT_TIMEOUT,
+    EndpointProbe,
+    Opcode,
+    RawWebSocket,
+    build_frame,
+    endpoint_app,
+    handshake_headers,
+    http_request,
+    log_problems,
+    reset_connection,
+    until,
+    wait_for_tasks,
+)
+
+from aiohttp_wsapp import Connection
+
+Address = tuple[str, int]
+ServeFunc = Callable[..., Awaitable[Address]]
+
+SHORT_CLOSE_TIMEOUT = 0.2
+"""``close_timeout`` of the mid-close tests: far below the default 10 s, and below the waits."""
+
+
+@pytest.fixture(autouse=True)
+def _no_error_logs(caplog: pytest.LogCaptureFixture) -> Any:
+    """Fail the test if a traceback or a warning of the endpoint was logged, even in teardown."""
+    yield
+    for when in ("setup", "call", "teardown"):
+        assert not log_problems(caplog.get_records(when)), when
+
+
+@pytest.fixture(params=[True, False], ids=["handler-cancellation", "no-handler-cancellation"])
+def handler_cancellation(request: pytest.FixtureRequest) -> bool:
+    """Whether aiohttp cancels the request handler when its peer disconnects."""
+    cancel: bool = request.param
+    return cancel
+
+
+@pytest.fixture
+async def serve(handler_cancellation: bool) -> AsyncIterator[ServeFunc]:
+    """Start an endpoint with this ``on_establish`` on a loopback port; return its address.
+
+    Keyword arguments go to :func:`rawws.endpoint_app` (and on to ``WebSocketServer``).
+    """
+    runners: list[web.AppRunner] = []
+
+    async def start(on_establish: Callable[..., Any], **options: Any) -> Address:
+        app = endpoint_app(on_establish, **options)
+        runner = web.AppRunner(
+            app, handler_cancellation=handler_cancellation, shutdown_timeout=DEFAULT_TIMEOUT
+        )
+        runners.append(runner)
+        await runner.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        host, port = sock.getsockname()[:2]
+        await web.SockSite(runner, sock).start()
+        return host, port
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def probe() -> EndpointProbe:
+    """The endpoint's ``on_establish``, recording messages, errors and finishes."""
+    return EndpointProbe()
+
+
+async def vanish(writer: asyncio.StreamWriter, how: str) -> None:
+    """Make the peer disappear: ``"fin"`` closes the socket, ``"reset"`` resets it."""
+    if how == "reset":
+        reset_connection(writer)
+    else:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+# What the peer sends before it vanishes.
+PARTIAL_SENDS = {
+    "idle": b"",
+    "half-a-header": build_frame(Opcode.TEXT, b"x" * 300)[:3],
+    "half-a-payload": build_frame(Opcode.TEXT, b"x" * 300)[:150],
+    "whole-frame-of-a-fragmented-message": build_frame(Opcode.TEXT, b"first", fin=False),
+}
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+@pytest.mark.parametrize("sent", list(PARTIAL_SENDS))
+async def test_finish_fires_once_when_peer_vanishes_mid_message(
+    serve: ServeFunc, probe: EndpointProbe, sent: str, how: str
+) -> None:
+    host, port = await serve(probe)
+    before = asyncio.all_tasks()
+    ws = await RawWebSocket.connect(host, port)
+    conn = await probe.established()
+    ws.send_raw(PARTIAL_SENDS[sent])
+    await vanish(ws.writer, how)
+    assert await probe.finished() is conn
+    assert not await wait_for_tasks(before)
+    assert probe.finishes == [conn]
+    assert conn.closed
+    assert conn.close_code is not None
+    assert probe.messages == []
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+async def test_peer_vanishing_mid_message_leaves_no_task_and_no_connection(
+    serve: ServeFunc, probe: EndpointProbe, how: str
+) -> None:
+    host, port = await serve(probe)
+    before = asyncio.all_tasks()
+    ws = await RawWebSocket.connect(host, port)
+    conn = await probe.established()
+    ws.send_raw(PARTIAL_SENDS["half-a-payload"])
+    await vanish(ws.writer, how)
+    await probe.finished()
+    leftover = await wait_for_tasks(before)
+    assert not leftover, leftover
+    assert len(conn.app.connections) == 0
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+async def test_peer_vanishing_mid_request_establishes_nothing(
+    serve: ServeFunc, probe: EndpointProbe, how: str
+) -> None:
+    host, port = await serve(probe)
+    before = asyncio.all_tasks()
+    request = http_request(handshake_headers(f"{host}:{port}"))
+    _, writer = await asyncio.open_connection(host, port)
+    writer.write(request[: len(request) // 2])
+    await writer.drain()
+    await vanish(writer, how)
+    leftover = await wait_for_tasks(before)
+    assert not leftover, leftover
+    assert probe.connections == []
+    # The endpoint still serves a whole client.
+    ws = await RawWebSocket.connect(host, port)
+    await probe.established()
+    ws.send_text("still here")
+    assert (await ws.read_message()).payload == b"still here"
+    await ws.close_socket()
+    await probe.finished()
+    assert len(probe.finishes) == 1
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+async def test_peer_vanishing_during_the_handshake_callback_is_never_half_established(
+    serve: ServeFunc, probe: EndpointProbe, how: str
+) -> None:
+    """The peer leaves while ``handshake`` runs: either nothing is established, or ``finish``
+    fires once for what was (whichever the endpoint chooses, never an established connection
+    without its ``finish``, and never a traceback)."""
+    in_callback = asyncio.Event()
+    peer_gone = asyncio.Event()
+
+    async def handshake(request: web.Request, response: web.WebSocketResponse) -> None:
+        in_callback.set()
+        await peer_gone.wait()
+        await until(lambda: request.transport is None)
+
+    host, port = await serve(probe, handshake=handshake)
+    before = asyncio.all_tasks()
+    request = http_request(handshake_headers(f"{host}:{port}"))
+    _, writer = await asyncio.open_connection(host, port)
+    writer.write(request)
+    await asyncio.wait_for(in_callback.wait(), DEFAULT_TIMEOUT)
+    await vanish(writer, how)
+    peer_gone.set()
+    leftover = await wait_for_tasks(before)
+    assert not leftover, leftover
+    assert len(probe.connections) == len(probe.finishes)
+    assert probe.finishes == probe.connections
+    assert not any(c in c.app.connections for c in probe.connections)
+
+
+EstablishFunc = Callable[[Connection, web.Request, tuple[Any, ...]], None]
+
+
+CLOSERS = ["close-in-on-establish", "await-close-in-message-handler"]
+"""How the server starts its closing handshake: ``conn.close()`` called (not awaited) from
+``on_establish``, or awaited by a ``message`` handler, once the peer sent a message."""
+
+
+@pytest.fixture(params=CLOSERS)
+def closer(request: pytest.FixtureRequest) -> str:
+    """Each way the server starts its closing handshake, in turn."""
+    how: str = request.param
+    return how
+
+
+def closing_probe(probe: EndpointProbe, closer: str) -> EstablishFunc:
+    """An ``on_establish`` that lets ``probe`` record, then has the server close as ``closer``."""
+
+    async def close_on_message(conn: Connection, message: str | bytes) -> None:
+        await conn.close(1000, "bye")
+
+    def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+        probe(conn, request, results)
+        if closer == "close-in-on-establish":
+            conn.close(1000, "bye")
+        else:
+            conn.on("message", close_on_message)
+
+    return on_establish
+
+
+async def connect_and_get_closed(host: str, port: int, closer: str) -> RawWebSocket:
+    """Connect, make the server start its closing handshake, and read its close frame."""
+    ws = await RawWebSocket.connect(host, port)
+    if closer == "await-close-in-message-handler":
+        ws.send_text("close, please")
+    close = await ws.read_close()
+    assert (close.close_code, close.close_reason) == (1000, "bye")
+    return ws
+
+
+async def test_finish_fires_once_when_peer_never_answers_the_close_frame(
+    serve: ServeFunc, probe: EndpointProbe, closer: str
+) -> None:
+    host, port = await serve(closing_probe(probe, closer), close_timeout=SHORT_CLOSE_TIMEOUT)
+    before = asyncio.all_tasks()
+    ws = await connect_and_get_closed(host, port, closer)
+    # The peer stays connected and silent: only close_timeout can end the closing handshake.
+    conn = await probe.finished(timeout=SHORT_CLOSE_TIMEOUT + DEFAULT_TIMEOUT)
+    assert not await wait_for_tasks(before)
+    assert probe.finishes == [conn]
+    assert conn.closed
+    await ws.close_socket()
+
+
+async def test_socket_is_dropped_when_peer_never_answers_the_close_frame(
+    serve: ServeFunc, probe: EndpointProbe, closer: str
+) -> None:
+    host, port = await serve(closing_probe(probe, closer), close_timeout=SHORT_CLOSE_TIMEOUT)
+    ws = await connect_and_get_closed(host, port, closer)
+    await ws.wait_eof(timeout=SHORT_CLOSE_TIMEOUT + DEFAULT_TIMEOUT)
+    await probe.finished()
+    await ws.close_socket()
+
+
+async def test_closing_handshake_waits_close_timeout_for_a_silent_peer(
+    serve: ServeFunc, probe: EndpointProbe, closer: str
+) -> None:
+    """SPEC §3: ``close_timeout`` is how long the closing handshake waits for the peer's close
+    frame before the socket is dropped; so the socket is not dropped much sooner."""
+    close_timeout = 0.5
+    host, port = await serve(closing_probe(probe, closer), close_timeout=close_timeout)
+    ws = await connect_and_get_closed(host, port, closer)
+    loop = asyncio.get_running_loop()
+    got_close_at = loop.time()
+    await ws.wait_eof(timeout=close_timeout + DEFAULT_TIMEOUT)
+    waited = loop.time() - got_close_at
+    # The server started its clock just before its close frame left: allow for that.
+    assert waited >= close_timeout * 0.8, f"the socket was dropped after {waited:.3f} s"
+    await probe.finished()
+    await ws.close_socket()
+
+
+async def test_closing_handshake_completes_when_peer_answers(
+    serve: ServeFunc, probe: EndpointProbe, closer: str
+) -> None:
+    host, port = await serve(closing_probe(probe, closer))  # the default close_timeout: 10 s
+    before = asyncio.all_tasks()
+    ws = await connect_and_get_closed(host, port, closer)
+    ws.send_close(1000, "bye")
+    await ws.wait_eof()
+    conn = await probe.finished()
+    assert not await wait_for_tasks(before)
+    assert probe.finishes == [conn]
+    assert (conn.close_code, conn.close_reason) == (1000, "bye")
+    await ws.close_socket()
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+async def test_finish_fires_once_when_peer_vanishes_instead_of_answering_the_close_frame(
+    serve: ServeFunc, probe: EndpointProbe, closer: str, how: str
+) -> None:
+    host, port = await serve(closing_probe(probe, closer))  # the default close_timeout: 10 s
+    before = asyncio.all_tasks()
+    ws = await connect_and_get_closed(host, port, closer)
+    await vanish(ws.writer, how)
+    # Long before close_timeout: the endpoint sees the peer go and does not wait for it.
+    conn = await probe.finished()
+    assert not await wait_for_tasks(before)
+    assert probe.finishes == [conn]
