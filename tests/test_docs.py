@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import inspect
 import itertools
+import os
 import re
 import ssl
 import subprocess
@@ -422,6 +423,25 @@ async def _readme_broadcast(run: Run) -> None:
             assert await lobby.receive_str() == "end"  # the lobby did not hear of the kitchen
             assert await second.receive_str() == "end"  # nor did the one who joined
             assert await first.receive_str() == "end"
+
+
+@check("readme-scaling-out-with-redis", prepare=lambda run: _start_redis(run))
+async def _readme_redis(run: Run) -> None:
+    from aiohttp_wsapp.redis import RedisBroker
+
+    broker = run["app"][WSAPP_KEY]._broker
+    assert isinstance(broker, RedisBroker)
+    assert broker.url == "redis://localhost:6379/0"
+    # The same endpoint in two "processes" sharing the test's Redis: a broadcast reaches both.
+    url = os.environ["REDIS_URL"]
+    apps = [aiohttp_wsapp.create_app(run["on_establish"], broker=RedisBroker(url)) for _ in "ab"]
+    one, two = [await run.client(app) for app in apps]
+    async with one.ws_connect("/") as first, two.ws_connect("/") as second:
+        await apps[0][WSAPP_KEY].broadcast("extra!", group="news")
+        assert await first.receive_str() == "extra!"
+        assert await second.receive_str() == "extra!"
+    for client in (one, two):
+        await client.close()  # stops the brokers while their Redis still runs
 
 
 # -- the checks: index and tutorial ------------------------------------------------------------
