@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
+from redis_server import RedisServer
+from support import require_module, require_program
 
 from aiohttp_wsapp import Connection, WebSocketApp
 
@@ -112,3 +115,17 @@ def recorder() -> Recorder:
 def echo(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
     """The seed's synopsis: echo every message."""
     conn.on("message", lambda conn, message: conn.send(message))
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A real ``redis-server`` on a free loopback port, stopped after the test.
+
+    Skips (fails in CI) without the ``redis-server`` program or the ``redis`` package.
+    """
+    require_module("redis", "pip install 'aiohttp-wsapp[redis]'")
+    program = require_program("redis-server", "apt-get install redis-server")
+    server = RedisServer(program, tmp_path)
+    await server.start()
+    yield server
+    await server.stop()

@@ -7,7 +7,6 @@ browser download is not needed). Without chromium or playwright they are skipped
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
+from redis_server import RedisServer
 from support import require_module, require_program
 
 if TYPE_CHECKING:
@@ -112,35 +112,10 @@ async def test_malformed_message_gets_an_error_and_the_connection_stays(
     await alice.close()
 
 
-@pytest.fixture
-async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
-    """A private redis-server on a Unix socket (no port to collide with), stopped afterwards."""
-    program = require_program("redis-server", "apt-get install redis-server")
-    require_module("aiohttp_wsapp.redis", "pip install 'aiohttp-wsapp[redis]'")
-    socket = tmp_path / "redis.sock"
-    process = await asyncio.create_subprocess_exec(
-        *(program, "--port", "0", "--unixsocket", str(socket), "--save", "", "--appendonly", "no"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        assert process.stdout is not None
-        await asyncio.wait_for(_until_ready(process.stdout), TIMEOUT)
-        yield f"unix://{socket}"
-    finally:
-        process.terminate()
-        await process.communicate()
-
-
-async def _until_ready(output: asyncio.StreamReader) -> None:
-    """Read redis-server's log until it accepts connections."""
-    while b"ready to accept connections" not in (line := await output.readline()):
-        assert line, "redis-server exited before it was ready"
-
-
 async def test_rooms_are_shared_across_processes_through_redis(
-    redis_url: str, aiohttp_client: AiohttpClient
+    redis_server: RedisServer, aiohttp_client: AiohttpClient
 ) -> None:
+    redis_url = redis_server.url
     # Two servers that share nothing but Redis, as two processes started with --redis would.
     first = await aiohttp_client(make_app(redis_url))
     second = await aiohttp_client(make_app(redis_url))

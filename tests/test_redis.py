@@ -7,7 +7,6 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -17,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from conftest import TIMEOUT
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis_server import Node, RedisServer, free_port
-from support import require_module, require_program
+from support import require_module
 
 from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, create_app
 from aiohttp_wsapp.broker import Broadcast
@@ -48,16 +47,6 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
 def redis_module() -> None:
     """Skip (fail in CI) without the ``redis`` package."""
     require_module("redis", "pip install redis")
-
-
-@pytest.fixture
-async def redis_server(redis_module: None, tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A real ``redis-server`` on a free loopback port, stopped after the test."""
-    program = require_program("redis-server", "apt-get install redis-server")
-    server = RedisServer(program, tmp_path)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
