@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import json
 import logging
 import secrets
 import struct
+import types
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
@@ -42,12 +44,28 @@ _EVENT_NAMES: Final = {
     "error": "error",
 }
 _SEND_BUFFER_OVERFLOW = "send buffer overflow"
+_PROCESS_ID: Final = secrets.token_hex(8)
+_CONNECTION_NUMBERS: Final = itertools.count()
 _PACK_CLOSE_CODE = struct.Struct("!H").pack
 _SENDABLE_CLOSE_CODES: Final = frozenset(WSCloseCode) - {WSCloseCode.ABNORMAL_CLOSURE}
 
 
 def _wants_unregister(handler: Handler) -> bool:
     """Tell whether a ``message`` handler takes a third positional ``unregister`` argument."""
+    function = getattr(handler, "__func__", handler)
+    if type(function) is not types.FunctionType or hasattr(function, "__wrapped__"):
+        return _signature_wants_unregister(handler)
+    # Registering runs once per connection: reading the code object costs far less than
+    # inspect.signature, and says the same for plain functions and bound methods.
+    code = function.__code__
+    if code.co_flags & inspect.CO_VARARGS:
+        return True
+    bound = function is not handler
+    required = code.co_argcount - len(function.__defaults__ or ()) - bound
+    return required >= 3
+
+
+def _signature_wants_unregister(handler: Handler) -> bool:
     try:
         parameters = inspect.signature(handler).parameters.values()
     except (TypeError, ValueError):
@@ -168,9 +186,10 @@ class Connection:
             "error": (),
         }
         self._groups: frozenset[str] = frozenset()
-        self._id = secrets.token_hex(8)  # names this connection in broadcasts between processes
+        self._id = f"{_PROCESS_ID}-{next(_CONNECTION_NUMBERS)}"  # names it across processes
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closing = False
+        self._finish_started = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_timeout = settings.close_timeout
         self._close_code: int | None = None
@@ -279,7 +298,7 @@ class Connection:
         if not callable(handler):
             raise TypeError(f"a {event} handler must be callable, not {type(handler).__name__}")
         registration = _Registration(self, name, handler)
-        if name == "finish" and self._finished.done():
+        if name == "finish" and self._finish_started:
             self._run_late_finish(registration)
             return registration
         self._handlers[name] = (*self._handlers[name], registration)
@@ -417,7 +436,7 @@ class Connection:
         """Add this connection to the group ``name`` (for :meth:`WebSocketApp.broadcast`)."""
         if not isinstance(name, str):
             raise TypeError("a group name is a str")
-        if name not in self._groups and not self._finished.done():
+        if name not in self._groups and not self._finish_started:
             self._groups |= {name}
             self._app._groups.add(name, self)
 
@@ -435,9 +454,14 @@ class Connection:
             await self._establish(on_establish, handshake_results)
             await self._receive_messages()  # after a close, until the peer answers it
         finally:
-            # Shielded: aiohttp may cancel this handler when the peer goes away, and finish
-            # handlers must still run to completion.
-            await asyncio.shield(asyncio.get_running_loop().create_task(self._finish()))
+            finishers = self._finish()
+            if finishers:
+                # Shielded: aiohttp may cancel this handler when the peer goes away, and finish
+                # handlers must still run to completion.
+                task = asyncio.get_running_loop().create_task(self._run_finishers(finishers))
+                await asyncio.shield(task)
+            else:
+                self._finished.set_result(None)
 
     async def _establish(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
         try:
@@ -506,7 +530,9 @@ class Connection:
         except Exception:
             logger.exception("an error handler raised for %r", self)
 
-    async def _finish(self) -> None:
+    def _finish(self) -> tuple[_Registration, ...]:
+        """Settle the closed state and leave the endpoint; return the finish handlers to run."""
+        self._finish_started = True
         self._closing = True
         if self._close_timer is not None:
             self._close_timer.cancel()
@@ -515,6 +541,9 @@ class Connection:
             self._app._groups.discard(name, self)
         self._app._forget(self)
         finishers, self._handlers["finish"] = self._handlers["finish"], ()
+        return finishers
+
+    async def _run_finishers(self, finishers: tuple[_Registration, ...]) -> None:
         try:
             for registration in finishers:
                 await self._run_finish_handler(registration)

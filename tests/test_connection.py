@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -481,3 +482,60 @@ async def test_aiohttp_client_session_is_fine_too(serve: Serve) -> None:
     endpoint = await serve(lambda conn, request, hs: conn.send("greeting"))
     async with aiohttp.ClientSession() as session, session.ws_connect(endpoint.url()) as ws:
         assert await ws.receive_str(timeout=TIMEOUT) == "greeting"
+
+
+class _Handlers:
+    """Message handlers as methods, with and without the unregister parameter."""
+
+    def __init__(self, seen: asyncio.Queue[str]) -> None:
+        self.seen = seen
+
+    def two(self, conn: Connection, message: str) -> None:
+        self.seen.put_nowait(f"two {message}")
+
+    def three(self, conn: Connection, message: str, unregister: Callable[[], None]) -> None:
+        self.seen.put_nowait(f"three {message}")
+        unregister()
+
+
+def _forwarding(handler: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(handler)
+    def wrapper(*args: Any) -> None:
+        handler(*args)
+
+    return wrapper
+
+
+async def test_unregister_argument_follows_methods_partials_and_wrappers(serve: Serve) -> None:
+    seen: asyncio.Queue[str] = asyncio.Queue()
+    handlers = _Handlers(seen)
+
+    def record(prefix: str, conn: Connection, message: str) -> None:
+        seen.put_nowait(f"{prefix} {message}")
+
+    def with_default(conn: Connection, message: str, extra: str = "default") -> None:
+        seen.put_nowait(f"{extra} {message}")
+
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        conn.on("message", handlers.two)
+        conn.on("message", handlers.three)
+        conn.on("message", functools.partial(record, "partial"))
+        conn.on("message", _forwarding(handlers.two))
+        conn.on("message", with_default)
+
+    _, ws = await connect(serve, on_establish)
+    await ws.send_str("m")
+    got = [await asyncio.wait_for(seen.get(), TIMEOUT) for _ in range(5)]
+    assert got == ["two m", "three m", "partial m", "two m", "default m"]
+    await ws.close()
+
+
+async def test_finish_handler_registered_by_a_finish_handler_runs(serve: Serve) -> None:
+    late: asyncio.Future[str] = asyncio.Future()
+
+    def first(conn: Connection) -> None:
+        conn.on("finish", lambda conn: late.set_result("registered during finish"))
+
+    _, ws = await connect(serve, lambda conn, request, hs: conn.on("finish", first))
+    await ws.close()
+    assert await asyncio.wait_for(late, TIMEOUT) == "registered during finish"
