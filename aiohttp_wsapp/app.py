@@ -137,7 +137,8 @@ class WebSocketApp:
         try:
             self._admit(request)
             handshake_results = await self._handshake(request, response)
-            self._admit(request)  # an async handshake callback may have let others in meanwhile
+            if self._server.handshake or self._server.validator:
+                self._admit(request)  # others may have come in while the callback awaited
         except _Refusal as refusal:
             return await self._refuse(request, refusal)
         writer = await response.prepare(request)

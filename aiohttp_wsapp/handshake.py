@@ -30,9 +30,12 @@ def _bad_request(reason: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=f"Error: invalid request: {reason}")
 
 
-def _header_tokens(request: web.Request, name: str) -> set[str]:
+def _has_token(request: web.Request, name: str, token: str) -> bool:
+    """Tell whether the comma-separated header ``name`` lists ``token`` (case-insensitive)."""
     values = request.headers.getall(name, ())
-    return {token.strip().lower() for value in values for token in value.split(",")}
+    if len(values) == 1 and values[0].lower() == token:  # the usual case, checked first
+        return True
+    return any(part.strip().lower() == token for value in values for part in value.split(","))
 
 
 def check_opening_handshake(request: web.Request) -> None:
@@ -45,9 +48,9 @@ def check_opening_handshake(request: web.Request) -> None:
         raise _bad_request(f"method must be GET, not {request.method}")
     if request.version < (1, 1):
         raise _bad_request("HTTP/1.1 or later is required")
-    if "websocket" not in _header_tokens(request, hdrs.UPGRADE):
+    if not _has_token(request, hdrs.UPGRADE, "websocket"):
         raise _bad_request("no 'Upgrade: websocket' header")
-    if "upgrade" not in _header_tokens(request, hdrs.CONNECTION):
+    if not _has_token(request, hdrs.CONNECTION, "upgrade"):
         raise _bad_request("no 'Connection: upgrade' header")
     version = request.headers.get(hdrs.SEC_WEBSOCKET_VERSION)
     if version != "13":

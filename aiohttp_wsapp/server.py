@@ -130,6 +130,8 @@ class WebSocketServer:
         )
 
     def _preferred_protocol(self, request: web.Request) -> tuple[str, ...]:
+        if not self.protocols:
+            return ()
         offered = {
             protocol.strip()
             for header in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
