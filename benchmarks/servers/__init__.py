@@ -1,0 +1,40 @@
+"""The benchmark servers: one module per implementation, each run as its own process.
+
+Every module is started as ``python -m benchmarks.servers.NAME --host H --port P [--broadcast]``
+and echoes every text and binary message back to its sender as a message of the same type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SERVERS", "ServerSpec"]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How the runner starts one implementation and how the load client talks to it."""
+
+    name: str
+    label: str
+    module: str
+    path: str = "/"
+    framing: str = "plain"
+    broadcast: bool = False
+
+
+#: Every implementation, in the order the tables show them; raw aiohttp is the baseline.
+SERVERS: tuple[ServerSpec, ...] = (
+    ServerSpec("raw_aiohttp", "raw aiohttp", "benchmarks.servers.raw_aiohttp", broadcast=True),
+    ServerSpec("aiohttp_wsapp", "aiohttp_wsapp", "benchmarks.servers.wsapp", broadcast=True),
+    ServerSpec("websockets", "websockets", "benchmarks.servers.websockets_server", broadcast=True),
+    ServerSpec("starlette", "Starlette/uvicorn", "benchmarks.servers.starlette_uvicorn"),
+    ServerSpec(
+        "socketio",
+        "python-socketio",
+        "benchmarks.servers.socketio_aiohttp",
+        path="/socket.io/?EIO=4&transport=websocket",
+        framing="socketio",
+    ),
+    ServerSpec("picows", "picows", "benchmarks.servers.picows_server"),
+)

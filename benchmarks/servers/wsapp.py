@@ -1,0 +1,80 @@
+"""aiohttp_wsapp: ``create_app(on_establish)`` with a ``message`` handler that calls ``conn.send``.
+
+Run: ``python -m benchmarks.servers.wsapp --port 8765 [--broadcast]``.
+The handler does not await ``conn.send(...)`` (the fast path the spec allows). The heartbeat is
+off, as in raw aiohttp's default; compression stays at its default (on) but is never negotiated,
+because the load client does not offer permessage-deflate.
+With ``--broadcast`` the broadcast is ``await wsapp.broadcast(...)``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from aiohttp_wsapp import WSAPP_KEY, Connection, WebSocketApp, WebSocketServer, create_app
+from benchmarks.common import (
+    BACKLOG,
+    BROADCAST_COMMAND,
+    BROADCAST_PAYLOAD,
+    TOOK_PREFIX,
+    ServerOptions,
+    parse_server_args,
+)
+
+SERVER = WebSocketServer(heartbeat=None)
+
+
+def echo(conn: Connection, message: str | bytes) -> None:
+    """Send the message back to its sender, without waiting for the socket to drain."""
+    conn.send(message)
+
+
+def on_establish_echo(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+    """Echo every message of the new connection."""
+    conn.on("message", echo)
+
+
+async def broadcast_on_command(conn: Connection, message: str | bytes) -> None:
+    """Broadcast the payload to every connection when asked to, and report the seconds."""
+    if message != BROADCAST_COMMAND:
+        return
+    wsapp: WebSocketApp = conn.app
+    start = time.perf_counter()
+    await wsapp.broadcast(BROADCAST_PAYLOAD)
+    took = time.perf_counter() - start
+    conn.send(f"{TOOK_PREFIX}{took}")
+
+
+def on_establish_broadcast(
+    conn: Connection, request: web.Request, results: tuple[Any, ...]
+) -> None:
+    """Let the new connection trigger broadcasts."""
+    conn.on("message", broadcast_on_command)
+
+
+def make_app(options: ServerOptions) -> web.Application:
+    """The endpoint as a standalone application: it answers every path."""
+    on_establish = on_establish_broadcast if options.broadcast else on_establish_echo
+    app = create_app(on_establish, websocket_server=SERVER)
+    assert isinstance(app[WSAPP_KEY], WebSocketApp)
+    return app
+
+
+def main() -> None:
+    """Serve until interrupted."""
+    options = parse_server_args(__doc__ or "")
+    web.run_app(
+        make_app(options),
+        host=options.host,
+        port=options.port,
+        print=None,
+        access_log=None,
+        backlog=BACKLOG,
+    )
+
+
+if __name__ == "__main__":
+    main()
