@@ -23,7 +23,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from .errors import ConnectionClosed
-from .frames import Deflater, Opcode, Payload, encode_frame
+from .frames import Deflater, Opcode, Payload, encode_frame, frame_header
 
 if TYPE_CHECKING:
     from .app import WebSocketApp
@@ -44,6 +44,8 @@ _EVENT_NAMES: Final = {
     "error": "error",
 }
 _SEND_BUFFER_OVERFLOW = "send buffer overflow"
+_JOIN_LIMIT: Final = 16 * 1024
+"""Payloads up to this size go out joined to their header in one write."""
 _PROCESS_ID: Final = secrets.token_hex(8)
 _CONNECTION_NUMBERS: Final = itertools.count()
 _PACK_CLOSE_CODE = struct.Struct("!H").pack
@@ -355,9 +357,15 @@ class Connection:
     def _send_message(self, opcode: Opcode, payload: Payload) -> Awaitable[None]:
         if self.closed:
             return self._refuse("send")
-        if self._deflater is None:
-            return self._write(encode_frame(opcode, payload))
-        return self._write(encode_frame(opcode, self._deflater.compress(payload), compressed=True))
+        compressed = self._deflater is not None
+        if self._deflater is not None:
+            payload = self._deflater.compress(payload)
+        header = frame_header(opcode, len(payload), compressed=compressed)
+        if len(payload) <= _JOIN_LIMIT:
+            return self._write(header + payload)
+        # Joining a large payload to its header would copy it only to save a system call.
+        self._transport.write(header)
+        return self._write(payload if type(payload) is bytes else bytes(payload))
 
     def _write(self, frame: bytes) -> Awaitable[None]:
         self._transport.write(frame)

@@ -11,7 +11,7 @@ import enum
 import struct
 import zlib
 
-__all__ = ["Deflater", "Opcode", "Payload", "encode_frame"]
+__all__ = ["Deflater", "Opcode", "Payload", "encode_frame", "frame_header"]
 
 Payload = bytes | bytearray | memoryview
 """What a frame can carry."""
@@ -33,17 +33,19 @@ class Opcode(enum.IntEnum):
     PONG = 0xA
 
 
-def encode_frame(opcode: int, payload: Payload, *, compressed: bool = False) -> bytes:
-    """Return one final, unmasked frame carrying ``payload`` (a server never masks)."""
+def frame_header(opcode: int, length: int, *, compressed: bool = False) -> bytes:
+    """Return the header of one final, unmasked frame (a server never masks)."""
     first = 0x80 | opcode | (_RSV1 if compressed else 0)
-    length = len(payload)
     if length < 126:
-        header = _PACK_SHORT(first, length)
-    elif length < 65536:
-        header = _PACK_MEDIUM(first, 126, length)
-    else:
-        header = _PACK_LONG(first, 127, length)
-    return header + payload
+        return _PACK_SHORT(first, length)
+    if length < 65536:
+        return _PACK_MEDIUM(first, 126, length)
+    return _PACK_LONG(first, 127, length)
+
+
+def encode_frame(opcode: int, payload: Payload, *, compressed: bool = False) -> bytes:
+    """Return one final, unmasked frame carrying ``payload``."""
+    return frame_header(opcode, len(payload), compressed=compressed) + payload
 
 
 class Deflater:
