@@ -300,10 +300,11 @@ class Connection:
         if not callable(handler):
             raise TypeError(f"a {event} handler must be callable, not {type(handler).__name__}")
         registration = _Registration(self, name, handler)
-        if name == "finish" and self._finish_started:
+        if not self._finish_started:
+            self._handlers[name] = (*self._handlers[name], registration)
+        elif name == "finish":
             self._run_late_finish(registration)
-            return registration
-        self._handlers[name] = (*self._handlers[name], registration)
+        # else: a finished connection has no more messages or errors to dispatch.
         return registration
 
     def _remove(self, registration: _Registration) -> None:
@@ -544,11 +545,15 @@ class Connection:
         self._closing = True
         if self._close_timer is not None:
             self._close_timer.cancel()
+            self._close_timer = None
         self._set_close_state(WSCloseCode.ABNORMAL_CLOSURE, "")
         for name in self._groups:
             self._app._groups.discard(name, self)
         self._app._forget(self)
-        finishers, self._handlers["finish"] = self._handlers["finish"], ()
+        finishers = self._handlers["finish"]
+        # The registrations refer back to this connection: dropping them breaks the cycles, so
+        # that a finished connection is freed at once rather than by the garbage collector.
+        self._handlers = dict.fromkeys(self._handlers, ())
         return finishers
 
     async def _run_finishers(self, finishers: tuple[_Registration, ...]) -> None:
