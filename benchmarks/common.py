@@ -6,6 +6,8 @@ import argparse
 import resource
 from dataclasses import dataclass
 
+from aiohttp import web
+
 __all__ = [
     "BACKLOG",
     "BROADCAST_COMMAND",
@@ -14,6 +16,7 @@ __all__ = [
     "ServerOptions",
     "parse_server_args",
     "raise_nofile_limit",
+    "run_aiohttp",
 ]
 
 #: The listen backlog of every server, so that thousands of connects in a burst are not dropped.
@@ -59,3 +62,10 @@ def raise_nofile_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def run_aiohttp(app: web.Application, options: ServerOptions) -> None:
+    """Serve an aiohttp application until interrupted, quietly, with the shared backlog."""
+    web.run_app(
+        app, host=options.host, port=options.port, print=None, access_log=None, backlog=BACKLOG
+    )

@@ -11,12 +11,12 @@ import time
 from aiohttp import WSMsgType, web
 
 from benchmarks.common import (
-    BACKLOG,
     BROADCAST_COMMAND,
     BROADCAST_PAYLOAD,
     TOOK_PREFIX,
     ServerOptions,
     parse_server_args,
+    run_aiohttp,
 )
 
 PEERS = web.AppKey("peers", set[web.WebSocketResponse])
@@ -69,14 +69,7 @@ def make_app(options: ServerOptions) -> web.Application:
 def main() -> None:
     """Serve until interrupted."""
     options = parse_server_args(__doc__ or "")
-    web.run_app(
-        make_app(options),
-        host=options.host,
-        port=options.port,
-        print=None,
-        access_log=None,
-        backlog=BACKLOG,
-    )
+    run_aiohttp(make_app(options), options)
 
 
 if __name__ == "__main__":

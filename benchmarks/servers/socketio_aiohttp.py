@@ -12,7 +12,7 @@ from __future__ import annotations
 import socketio
 from aiohttp import web
 
-from benchmarks.common import BACKLOG, parse_server_args
+from benchmarks.common import parse_server_args, run_aiohttp
 
 sio = socketio.AsyncServer(async_mode="aiohttp")
 
@@ -33,14 +33,7 @@ def make_app() -> web.Application:
 def main() -> None:
     """Serve until interrupted."""
     options = parse_server_args(__doc__ or "")
-    web.run_app(
-        make_app(),
-        host=options.host,
-        port=options.port,
-        print=None,
-        access_log=None,
-        backlog=BACKLOG,
-    )
+    run_aiohttp(make_app(), options)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ from aiohttp import web
 
 from aiohttp_wsapp import WSAPP_KEY, Connection, WebSocketApp, WebSocketServer, create_app
 from benchmarks.common import (
-    BACKLOG,
     BROADCAST_COMMAND,
     BROADCAST_PAYLOAD,
     TOOK_PREFIX,
     ServerOptions,
     parse_server_args,
+    run_aiohttp,
 )
 
 SERVER = WebSocketServer(heartbeat=None)
@@ -66,14 +66,7 @@ def make_app(options: ServerOptions) -> web.Application:
 def main() -> None:
     """Serve until interrupted."""
     options = parse_server_args(__doc__ or "")
-    web.run_app(
-        make_app(options),
-        host=options.host,
-        port=options.port,
-        print=None,
-        access_log=None,
-        backlog=BACKLOG,
-    )
+    run_aiohttp(make_app(options), options)
 
 
 if __name__ == "__main__":
