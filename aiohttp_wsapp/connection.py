@@ -358,10 +358,10 @@ class Connection:
     def _send_message(self, opcode: Opcode, payload: Payload) -> Awaitable[None]:
         if self.closed:
             return self._refuse("send")
-        compressed = self._deflater is not None
-        if self._deflater is not None:
-            payload = self._deflater.compress(payload)
-        header = frame_header(opcode, len(payload), compressed=compressed)
+        deflater = self._deflater
+        if deflater is not None:
+            payload = deflater.compress(payload)
+        header = frame_header(opcode, len(payload), compressed=deflater is not None)
         if len(payload) <= _JOIN_LIMIT:
             return self._write(header + payload)
         # Joining a large payload to its header would copy it only to save a system call.
@@ -376,12 +376,10 @@ class Connection:
 
     def _send_prebuilt(self, opcode: Opcode, payload: bytes, frame: bytes) -> None:
         """Send a broadcast message whose uncompressed ``frame`` is already built."""
-        if self.closed:
-            return
-        if self._deflater is None:
+        if self._deflater is not None:
+            self._send_message(opcode, payload)  # its own compressor: its own frame
+        elif not self.closed:
             self._write(frame)
-        else:
-            self._write(encode_frame(opcode, self._deflater.compress(payload), compressed=True))
 
     def _refuse(self, operation: str) -> Awaitable[None]:
         logger.debug("%s on closed %r dropped", operation, self)
@@ -426,7 +424,7 @@ class Connection:
             self._transport.close()
             return
         self._closing = True
-        echoed = code if code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999 else 1000
+        echoed = code if _sendable(code) else WSCloseCode.OK
         await self._ws.close(code=echoed)  # aiohttp answers, then closes the socket
 
     def _abort(self) -> None:
@@ -582,9 +580,13 @@ def _event_name(event: str) -> str:
         raise ValueError(f"unknown event {event!r}: use message, finish, close or error") from None
 
 
-def _check_close_code(code: int) -> None:
+def _sendable(code: int) -> bool:
     # RFC 6455 §7.4: the registered codes but 1006 (never sent), and the private range.
-    if code not in _SENDABLE_CLOSE_CODES and not 3000 <= code <= 4999:
+    return code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
+
+
+def _check_close_code(code: int) -> None:
+    if not _sendable(code):
         raise ValueError(f"{code} is not a close code an endpoint may send")
 
 
