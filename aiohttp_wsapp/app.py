@@ -144,6 +144,8 @@ class WebSocketApp:
         writer = await response.prepare(request)
         connection = Connection(self, request, response, writer)
         self._connections.add(connection)
+        if self._shutting_down:  # shutdown began while the 101 was being sent
+            connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
         await connection._serve(self._on_establish, handshake_results)
         return response
 
@@ -293,12 +295,13 @@ class WebSocketApp:
         finished = [connection._finished for connection in connections]
         if not finished:
             return
-        _, late = await asyncio.wait(finished, timeout=self._server.close_timeout)
+        timeout = self._server.close_timeout
+        _, late = await asyncio.wait(finished, timeout=timeout)
         for connection in connections:
             if not connection._finished.done():
-                connection._abort()
+                connection._stop()  # its handler may be waiting on something else entirely
         if late:
-            await asyncio.wait(late)
+            await asyncio.wait(late, timeout=timeout)
 
 
 def _connection_ids(exclude: Connection | Iterable[Connection] | None) -> frozenset[str]:

@@ -44,6 +44,7 @@ _EVENT_NAMES: Final = {
     "error": "error",
 }
 _SEND_BUFFER_OVERFLOW = "send buffer overflow"
+_NO_STATUS_RECEIVED: Final = 1005
 _JOIN_LIMIT: Final = 16 * 1024
 """Payloads up to this size go out joined to their header in one write."""
 _PROCESS_ID: Final = secrets.token_hex(8)
@@ -193,6 +194,7 @@ class Connection:
         self._closing = False
         self._finish_started = False
         self._close_timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._close_timeout = settings.close_timeout
         self._close_code: int | None = None
         self._close_reason: str | None = None
@@ -425,12 +427,23 @@ class Connection:
             return
         self._closing = True
         echoed = code if _sendable(code) else WSCloseCode.OK
-        await self._ws.close(code=echoed)  # aiohttp answers, then closes the socket
+        # No drain: a peer that closed may not read any more, and nothing would end the wait.
+        await self._ws.close(code=echoed, drain=False)
+        if self._transport.get_write_buffer_size():
+            # The socket closes once its buffer is flushed: drop it if the peer never reads it.
+            loop = asyncio.get_running_loop()
+            loop.call_later(self._close_timeout, self._transport.abort)
 
     def _abort(self) -> None:
         """Drop the socket without a closing handshake."""
         self._closing = True
         self._transport.abort()
+
+    def _stop(self) -> None:
+        """Drop the socket and cancel whatever handler the connection is still running."""
+        self._abort()
+        if self._task is not None:
+            self._task.cancel()
 
     def _set_close_state(self, code: int, reason: str) -> None:
         if self._close_code is None:
@@ -457,6 +470,7 @@ class Connection:
 
     async def _serve(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
         """Run the connection: ``on_establish``, then messages until it closes, then ``finish``."""
+        self._task = asyncio.current_task()
         try:
             await self._establish(on_establish, handshake_results)
             await self._receive_messages()  # after a close, until the peer answers it
@@ -504,7 +518,9 @@ class Connection:
                     await self._report_error(exc)
                     self.close(WSCloseCode.INTERNAL_ERROR)
             elif kind is WSMsgType.CLOSE:
-                await self._answer_close(message.data, message.extra or "")
+                # aiohttp reports a close frame without a status code as 0.
+                code = message.data or _NO_STATUS_RECEIVED
+                await self._answer_close(code, message.extra or "")
                 return
             elif kind is WSMsgType.ERROR:
                 await self._receive_failed(message.data)

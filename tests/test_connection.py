@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from conftest import TIMEOUT, Recorder, Serve
+from test_limits import open_raw_websocket
 
 from aiohttp_wsapp import Connection, ConnectionClosed, WebSocketServer
 
@@ -539,3 +540,36 @@ async def test_finish_handler_registered_by_a_finish_handler_runs(serve: Serve) 
     _, ws = await connect(serve, lambda conn, request, hs: conn.on("finish", first))
     await ws.close()
     assert await asyncio.wait_for(late, TIMEOUT) == "registered during finish"
+
+
+MASKED_CLOSE_WITHOUT_CODE = bytes((0x88, 0x80, 0, 0, 0, 0))
+MASKED_CLOSE_1000 = bytes((0x88, 0x82, 0, 0, 0, 0)) + (1000).to_bytes(2, "big")
+
+
+async def test_close_frame_without_a_code_is_1005(serve: Serve, recorder: Recorder) -> None:
+    endpoint = await serve(recorder.on_establish)
+    _, writer = await open_raw_websocket(endpoint)
+    writer.write(MASKED_CLOSE_WITHOUT_CODE)
+    conn = await recorder.finish()
+    assert (conn.close_code, conn.close_reason) == (1005, "")
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_peer_that_closes_and_stops_reading_still_finishes(
+    serve: Serve, recorder: Recorder
+) -> None:
+    def fill(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+        recorder.on_establish(conn, request, results)
+        for _ in range(12):  # more than the sockets hold, less than send_buffer_limit
+            conn.send(b"\x00" * 1024 * 1024)
+
+    server = WebSocketServer(compress=False, close_timeout=0.2)
+    endpoint = await serve(fill, websocket_server=server)
+    _, writer = await open_raw_websocket(endpoint)
+    await recorder.connection()
+    writer.write(MASKED_CLOSE_1000)  # then never reads what the server sent
+    conn = await recorder.finish()
+    assert conn.close_code == 1000
+    writer.close()
+    await writer.wait_closed()

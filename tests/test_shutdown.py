@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 from conftest import TIMEOUT, Recorder, Serve
 from test_limits import handshake_headers, open_raw_websocket
 
-from aiohttp_wsapp import WebSocketServer
+from aiohttp_wsapp import Connection, WebSocketServer
 
 
 async def test_shutdown_closes_every_connection_with_1001(serve: Serve, recorder: Recorder) -> None:
@@ -55,3 +56,18 @@ async def test_handshakes_during_shutdown_get_503(serve: Serve) -> None:
 
 def recorder_free(*args: object) -> None:
     """An ``on_establish`` for tests in which no connection is established."""
+
+
+async def test_shutdown_does_not_wait_for_a_handler_that_never_returns(
+    serve: Serve, recorder: Recorder
+) -> None:
+    async def stuck(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+        recorder.on_establish(conn, request, results)
+        await asyncio.Event().wait()  # on_establish never returns
+
+    endpoint = await serve(stuck, websocket_server=WebSocketServer(close_timeout=0.2))
+    async with endpoint.client.ws_connect("/websocket"):
+        await recorder.connection()
+        await asyncio.wait_for(endpoint.wsapp.shutdown(), TIMEOUT)
+        conn = await recorder.finish()
+    assert conn.close_code == 1001
