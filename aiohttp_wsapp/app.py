@@ -114,6 +114,7 @@ class WebSocketApp:
         self._connections_view = _ConnectionsView(self._connections)
         self._groups = Groups(self._group_created, self._group_emptied)
         self._shutting_down = False
+        self._preparing = 0
 
     @property
     def websocket_server(self) -> WebSocketServer:
@@ -141,7 +142,11 @@ class WebSocketApp:
                 self._admit(request)  # others may have come in while the callback awaited
         except _Refusal as refusal:
             return await self._refuse(request, refusal)
-        writer = await response.prepare(request)
+        self._preparing += 1  # counted against max_connections while the 101 is sent
+        try:
+            writer = await response.prepare(request)
+        finally:
+            self._preparing -= 1
         connection = Connection(self, request, response, writer)
         self._connections.add(connection)
         if self._shutting_down:  # shutdown began while the 101 was being sent
@@ -154,7 +159,11 @@ class WebSocketApp:
             raise _Refusal(NOT_SUPPORTED)
         if self._shutting_down:
             raise _Refusal(SHUTTING_DOWN)
-        if self._max_connections is not None and len(self._connections) >= self._max_connections:
+        max_connections = self._max_connections
+        if (
+            max_connections is not None
+            and len(self._connections) + self._preparing >= max_connections
+        ):
             raise _Refusal(TOO_MANY_CONNECTIONS)
 
     async def _handshake(

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType, web
 from conftest import TIMEOUT, Endpoint, Recorder, Serve, echo
+from pytest_aiohttp import AiohttpClient
 
-from aiohttp_wsapp import ERROR_KEY, ORIGIN_NOT_ALLOWED, Connection, WebSocketServer
+from aiohttp_wsapp import ERROR_KEY, ORIGIN_NOT_ALLOWED, Connection, WebSocketApp, WebSocketServer
 
 # -- origins -----------------------------------------------------------------------------------
 
@@ -246,3 +247,25 @@ async def test_message_of_exactly_max_payload_size_passes_one_more_byte_closes_w
         message = await ws.receive(TIMEOUT)
         assert (message.type, message.data) == (WSMsgType.CLOSE, 1009), (message, ws.close_code)
     assert (await recorder.finish()).close_code == 1009
+
+
+async def test_handshakes_still_being_sent_count_against_max_connections(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(request: web.Request, response: web.StreamResponse) -> None:
+        if isinstance(response, web.WebSocketResponse):
+            entered.set()
+            await release.wait()  # the first 101 is not out yet
+
+    sub = WebSocketApp(echo, max_connections=1).to_app()
+    sub.on_response_prepare.append(hold)
+    client = await aiohttp_client(sub)
+    first = asyncio.ensure_future(client.ws_connect("/"))
+    await asyncio.wait_for(entered.wait(), TIMEOUT)
+    second = await asyncio.wait_for(client.get("/", headers=handshake_headers()), TIMEOUT)
+    assert second.status == 503
+    release.set()
+    ws = await asyncio.wait_for(first, TIMEOUT)
+    await ws.close()
