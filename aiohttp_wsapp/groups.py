@@ -49,7 +49,3 @@ class Groups:
     def members(self, name: str) -> frozenset[Connection]:
         """Return the current members of ``name``."""
         return frozenset(self._members.get(name, ()))
-
-    def names(self) -> frozenset[str]:
-        """Return the groups that have at least one member."""
-        return frozenset(self._members)

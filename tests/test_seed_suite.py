@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from conftest import TIMEOUT, Endpoint, Serve
@@ -29,6 +30,16 @@ def greet_and_echo(conn: Connection, request: web.Request, results: tuple[Any, .
     conn.on(message=lambda conn, message: conn.send(message))
 
 
+async def echo_round_trip(ws: aiohttp.ClientWebSocketResponse, payload: str | bytes) -> None:
+    """Send ``payload`` as text or binary and expect it back unchanged."""
+    if isinstance(payload, str):
+        await ws.send_str(payload)
+        assert await ws.receive_str(timeout=TIMEOUT) == payload
+    else:
+        await ws.send_bytes(payload)
+        assert await ws.receive_bytes(timeout=TIMEOUT) == payload
+
+
 @pytest.fixture
 async def endpoint(serve: Serve) -> Endpoint:
     return await serve(greet_and_echo)
@@ -40,24 +51,14 @@ async def test_aiohttp_client_echo_on_a_new_connection_each(
 ) -> None:
     async with endpoint.client.ws_connect("/websocket") as ws:
         assert await ws.receive_str(timeout=TIMEOUT) == GREETING
-        if isinstance(payload, str):
-            await ws.send_str(payload)
-            assert await ws.receive_str(timeout=TIMEOUT) == payload
-        else:
-            await ws.send_bytes(payload)
-            assert await ws.receive_bytes(timeout=TIMEOUT) == payload
+        await echo_round_trip(ws, payload)
 
 
 async def test_aiohttp_client_echo_all_on_one_connection(endpoint: Endpoint) -> None:
     async with endpoint.client.ws_connect("/websocket") as ws:
         assert await ws.receive_str(timeout=TIMEOUT) == GREETING
         for payload in PAYLOADS:
-            if isinstance(payload, str):
-                await ws.send_str(payload)
-                assert await ws.receive_str(timeout=TIMEOUT) == payload
-            else:
-                await ws.send_bytes(payload)
-                assert await ws.receive_bytes(timeout=TIMEOUT) == payload
+            await echo_round_trip(ws, payload)
 
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: f"{type(p).__name__}-{len(p)}")
