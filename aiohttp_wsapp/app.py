@@ -134,11 +134,14 @@ class WebSocketApp:
         An ordinary aiohttp handler: ``router.add_get("/ws", wsapp.call)`` works too; then call
         ``wsapp.setup(app)`` so that shutdown and the broker follow the application.
         """
-        response = self._server._new_response(request)
+        server = self._server
+        response = server._new_response(request)
         try:
             self._admit(request)
-            handshake_results = await self._handshake(request, response)
-            if self._server.handshake or self._server.validator:
+            self._check_request(request)
+            handshake_results: tuple[Any, ...] = ()
+            if server.handshake or server.validator:
+                handshake_results = await self._run_handshake(request, response)
                 self._admit(request)  # others may have come in while the callback awaited
         except _Refusal as refusal:
             return await self._refuse(request, refusal)
@@ -166,15 +169,17 @@ class WebSocketApp:
         ):
             raise _Refusal(TOO_MANY_CONNECTIONS)
 
-    async def _handshake(
-        self, request: web.Request, response: web.WebSocketResponse
-    ) -> tuple[Any, ...]:
+    def _check_request(self, request: web.Request) -> None:
         try:
             check_opening_handshake(request)
         except web.HTTPException as exc:
             raise _Refusal(INVALID_REQUEST, exc) from None
         if not origin_allowed(self._server.allowed_origins, request):
             raise _Refusal(ORIGIN_NOT_ALLOWED)
+
+    async def _run_handshake(
+        self, request: web.Request, response: web.WebSocketResponse
+    ) -> tuple[Any, ...]:
         try:
             return await self._server._run_handshake(request, response)
         except Exception as exc:

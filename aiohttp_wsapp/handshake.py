@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Callable
 
 from aiohttp import hdrs, web
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 __all__ = [
@@ -30,12 +30,16 @@ def _bad_request(reason: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=f"Error: invalid request: {reason}")
 
 
-def _has_token(request: web.Request, name: str, token: str) -> bool:
+def _has_token(headers: CIMultiDictProxy[str], name: str, token: str) -> bool:
     """Tell whether the comma-separated header ``name`` lists ``token`` (case-insensitive)."""
-    values = request.headers.getall(name, ())
-    if len(values) == 1 and values[0].lower() == token:  # the usual case, checked first
+    value = headers.get(name)
+    if value is None:
+        return False
+    if value.lower() == token:  # the usual case, one header holding just the token
         return True
-    return any(part.strip().lower() == token for value in values for part in value.split(","))
+    return any(
+        part.strip().lower() == token for each in headers.getall(name) for part in each.split(",")
+    )
 
 
 def check_opening_handshake(request: web.Request) -> None:
@@ -48,20 +52,21 @@ def check_opening_handshake(request: web.Request) -> None:
         raise _bad_request(f"method must be GET, not {request.method}")
     if request.version < (1, 1):
         raise _bad_request("HTTP/1.1 or later is required")
-    if not _has_token(request, hdrs.UPGRADE, "websocket"):
+    headers = request.headers
+    if not _has_token(headers, hdrs.UPGRADE, "websocket"):
         raise _bad_request("no 'Upgrade: websocket' header")
-    if not _has_token(request, hdrs.CONNECTION, "upgrade"):
+    if not _has_token(headers, hdrs.CONNECTION, "upgrade"):
         raise _bad_request("no 'Connection: upgrade' header")
-    version = request.headers.get(hdrs.SEC_WEBSOCKET_VERSION)
+    version = headers.get(hdrs.SEC_WEBSOCKET_VERSION)
     if version != "13":
         raise web.HTTPUpgradeRequired(
             headers={hdrs.SEC_WEBSOCKET_VERSION: "13"},
             text=f"Error: invalid request: unsupported Sec-WebSocket-Version {version!r}",
         )
-    key = request.headers.get(hdrs.SEC_WEBSOCKET_KEY, "")
+    key = headers.get(hdrs.SEC_WEBSOCKET_KEY, "")
     try:
-        valid_key = len(base64.b64decode(key, validate=True)) == 16
-    except binascii.Error:
+        valid_key = len(binascii.a2b_base64(key, strict_mode=True)) == 16
+    except ValueError:  # not base64, or not even ASCII
         valid_key = False
     if not valid_key:
         raise _bad_request(f"bad Sec-WebSocket-Key {key!r}")

@@ -118,7 +118,7 @@ class WebSocketServer:
         """Return a not yet prepared response to ``request`` configured with these settings."""
         return web.WebSocketResponse(
             # aiohttp picks the client's first choice; the server's preference decides here.
-            protocols=self._preferred_protocol(request),
+            protocols=self._preferred_protocol(request) if self.protocols else (),
             # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
             max_msg_size=self.max_payload_size + 1,
             heartbeat=self.heartbeat,
@@ -130,8 +130,6 @@ class WebSocketServer:
         )
 
     def _preferred_protocol(self, request: web.Request) -> tuple[str, ...]:
-        if not self.protocols:
-            return ()
         offered = {
             protocol.strip()
             for header in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
