@@ -164,6 +164,33 @@ class Connection:
     is kept: close it with :meth:`close`.
     """
 
+    # Slots keep a connection small and its state close together, which a broadcast to
+    # thousands of them feels; ``__dict__`` still lets applications set attributes of their own.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_app",
+        "_close_code",
+        "_close_reason",
+        "_close_timeout",
+        "_close_timer",
+        "_closing",
+        "_deflater",
+        "_finish_started",
+        "_finished",
+        "_groups",
+        "_handlers",
+        "_id",
+        "_inflated_limit",
+        "_late_finishers",
+        "_request",
+        "_send_buffer_limit",
+        "_sent",
+        "_task",
+        "_transport",
+        "_ws",
+    )
+
     def __init__(
         self,
         app: WebSocketApp,
@@ -276,21 +303,19 @@ class Connection:
         :raises ValueError: the event is not ``message``, ``finish``, ``close`` or ``error``.
         :raises TypeError: a handler is not callable, or the arguments mix the forms.
         """
-        if event is None:
+        if event is not None and not handlers:
             if handler is not None:
-                raise TypeError("on() takes an event with a handler, or keyword handlers")
-            return [self._add(name, each) for name, each in handlers.items()]
-        if handlers:
-            raise TypeError("on() takes an event with a handler, or keyword handlers")
-        if handler is None:
+                return self._add(event, handler)
+            _event_name(event)
 
             def decorator(function: H) -> H:
                 self._add(event, function)
                 return function
 
-            _event_name(event)
             return decorator
-        return self._add(event, handler)
+        if event is not None or handler is not None:
+            raise TypeError("on() takes an event with a handler, or keyword handlers")
+        return [self._add(name, each) for name, each in handlers.items()]
 
     def off(self, event: str, handler: Handler) -> None:
         """Remove every registration of ``handler`` for ``event``."""
@@ -378,10 +403,16 @@ class Connection:
 
     def _send_prebuilt(self, opcode: Opcode, payload: bytes, frame: bytes) -> None:
         """Send a broadcast message whose uncompressed ``frame`` is already built."""
+        # Runs once per peer of a broadcast: ``closed`` and ``_write`` are spelled out here.
+        transport = self._transport
+        if self._closing or self._ws.closed or transport.is_closing():
+            return
         if self._deflater is not None:
             self._send_message(opcode, payload)  # its own compressor: its own frame
-        elif not self.closed:
-            self._write(frame)
+            return
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self._send_buffer_limit:
+            self._drop_slow_peer()
 
     def _refuse(self, operation: str) -> Awaitable[None]:
         logger.debug("%s on closed %r dropped", operation, self)
@@ -487,7 +518,7 @@ class Connection:
     async def _establish(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
         try:
             result = on_establish(self, self._request, handshake_results)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 await result
         except Exception:
             logger.exception("on_establish raised for %r", self)
@@ -615,10 +646,10 @@ def _exceeds(data: str | bytes, limit: int) -> bool:
 
 
 def _negotiated_deflater(ws: web.WebSocketResponse) -> Deflater | None:
-    extensions = ws.headers.get("Sec-WebSocket-Extensions", "")
     window_bits = ws.compress
     if not window_bits:
         return None
+    extensions = ws.headers.get("Sec-WebSocket-Extensions", "")
     return Deflater(
         int(window_bits), no_context_takeover="server_no_context_takeover" in extensions
     )
