@@ -336,7 +336,7 @@ class Suite:
         """Scenarios (1)-(3), every server once per round."""
         plan = throughput_plan(self.profile)
         for round_no in range(1, self.profile.rounds + 1):
-            for spec in self.specs:
+            for spec in (s for s in self.specs if s.echo):
                 measure = partial(measure_once, spec, plan)
                 record = partial(record_throughput, self.results, spec.name)
                 self.job(f"throughput round {round_no}", spec, measure, record)
@@ -346,7 +346,7 @@ class Suite:
         profile = self.profile
         step = {"kind": "idle", "connections": profile.idle_connections, "settle": profile.settle}
         for round_no in range(1, profile.memory_rounds + 1):
-            for spec in self.specs:
+            for spec in (s for s in self.specs if s.echo):
                 measure = partial(measure_once, spec, [step])
                 record = partial(record_idle, self.results, spec.name)
                 self.job(f"memory round {round_no}", spec, measure, record)

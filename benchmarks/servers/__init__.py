@@ -21,6 +21,8 @@ class ServerSpec:
     path: str = "/"
     framing: str = "plain"
     broadcast: bool = False
+    #: Takes part in scenarios (1) to (4); a reference for the broadcast alone does not.
+    echo: bool = True
 
 
 #: Every implementation, in the order the tables show them; raw aiohttp is the baseline.
@@ -37,4 +39,11 @@ SERVERS: tuple[ServerSpec, ...] = (
         framing="socketio",
     ),
     ServerSpec("picows", "picows", "benchmarks.servers.picows_server"),
+    ServerSpec(
+        "broadcast_floor",
+        "floor: bare transport.write loop",
+        "benchmarks.servers.broadcast_floor",
+        broadcast=True,
+        echo=False,
+    ),
 )
