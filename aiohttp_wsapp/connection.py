@@ -164,33 +164,6 @@ class Connection:
     is kept: close it with :meth:`close`.
     """
 
-    # Slots keep a connection small and its state close together, which a broadcast to
-    # thousands of them feels; ``__dict__`` still lets applications set attributes of their own.
-    __slots__ = (
-        "__dict__",
-        "__weakref__",
-        "_app",
-        "_close_code",
-        "_close_reason",
-        "_close_timeout",
-        "_close_timer",
-        "_closing",
-        "_deflater",
-        "_finish_started",
-        "_finished",
-        "_groups",
-        "_handlers",
-        "_id",
-        "_inflated_limit",
-        "_late_finishers",
-        "_request",
-        "_send_buffer_limit",
-        "_sent",
-        "_task",
-        "_transport",
-        "_ws",
-    )
-
     def __init__(
         self,
         app: WebSocketApp,
@@ -303,19 +276,21 @@ class Connection:
         :raises ValueError: the event is not ``message``, ``finish``, ``close`` or ``error``.
         :raises TypeError: a handler is not callable, or the arguments mix the forms.
         """
-        if event is not None and not handlers:
+        if event is None:
             if handler is not None:
-                return self._add(event, handler)
-            _event_name(event)
+                raise TypeError("on() takes an event with a handler, or keyword handlers")
+            return [self._add(name, each) for name, each in handlers.items()]
+        if handlers:
+            raise TypeError("on() takes an event with a handler, or keyword handlers")
+        if handler is None:
 
             def decorator(function: H) -> H:
                 self._add(event, function)
                 return function
 
+            _event_name(event)
             return decorator
-        if event is not None or handler is not None:
-            raise TypeError("on() takes an event with a handler, or keyword handlers")
-        return [self._add(name, each) for name, each in handlers.items()]
+        return self._add(event, handler)
 
     def off(self, event: str, handler: Handler) -> None:
         """Remove every registration of ``handler`` for ``event``."""
@@ -403,16 +378,10 @@ class Connection:
 
     def _send_prebuilt(self, opcode: Opcode, payload: bytes, frame: bytes) -> None:
         """Send a broadcast message whose uncompressed ``frame`` is already built."""
-        # Runs once per peer of a broadcast: ``closed`` and ``_write`` are spelled out here.
-        transport = self._transport
-        if self._closing or self._ws.closed or transport.is_closing():
-            return
         if self._deflater is not None:
             self._send_message(opcode, payload)  # its own compressor: its own frame
-            return
-        transport.write(frame)
-        if transport.get_write_buffer_size() > self._send_buffer_limit:
-            self._drop_slow_peer()
+        elif not self.closed:
+            self._write(frame)
 
     def _refuse(self, operation: str) -> Awaitable[None]:
         logger.debug("%s on closed %r dropped", operation, self)
