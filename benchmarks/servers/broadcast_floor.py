@@ -9,64 +9,27 @@ like raw aiohttp.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-from aiohttp import WSMsgType, web
-
 from aiohttp_wsapp.frames import Opcode, encode_frame
-from benchmarks.common import (
-    BROADCAST_COMMAND,
-    BROADCAST_PAYLOAD,
-    TOOK_PREFIX,
-    ServerOptions,
-    parse_server_args,
-    run_aiohttp,
-)
-from benchmarks.servers.raw_aiohttp import echo
+from benchmarks.common import BROADCAST_PAYLOAD, parse_server_args, run_aiohttp
+from benchmarks.servers.raw_aiohttp import Peers, make_app
 
 FRAME = encode_frame(Opcode.TEXT, BROADCAST_PAYLOAD.encode())
-TRANSPORTS = web.AppKey("transports", set[asyncio.Transport])
 
 
-def write_to_all(transports: set[asyncio.Transport]) -> float:
-    """Write the prebuilt frame to every transport; return the seconds."""
+async def write_to_all(peers: Peers) -> float:
+    """Write the prebuilt frame to every peer's transport; return the seconds."""
     start = time.perf_counter()
-    for transport in tuple(transports):
+    for transport in tuple(peers.values()):
         transport.write(FRAME)
     return time.perf_counter() - start
-
-
-async def broadcaster(request: web.Request) -> web.WebSocketResponse:
-    """Keep the connection's transport in the set; broadcast when asked to."""
-    transports = request.app[TRANSPORTS]
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    transport = request.transport
-    assert transport is not None
-    transports.add(transport)
-    try:
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT and msg.data == BROADCAST_COMMAND:
-                took = write_to_all(transports)
-                await ws.send_str(f"{TOOK_PREFIX}{took}")
-    finally:
-        transports.discard(transport)
-    return ws
-
-
-def make_app(options: ServerOptions) -> web.Application:
-    """The application: one route that answers every path."""
-    app = web.Application()
-    app[TRANSPORTS] = set()
-    app.router.add_get("/{tail:.*}", broadcaster if options.broadcast else echo)
-    return app
 
 
 def main() -> None:
     """Serve until interrupted."""
     options = parse_server_args(__doc__ or "")
-    run_aiohttp(make_app(options), options)
+    run_aiohttp(make_app(options, write_to_all), options)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ With ``--broadcast`` the broadcast is a loop of ``await ws.send_str(...)`` over 
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
@@ -19,7 +21,11 @@ from benchmarks.common import (
     run_aiohttp,
 )
 
-PEERS = web.AppKey("peers", set[web.WebSocketResponse])
+Peers = dict[web.WebSocketResponse, asyncio.Transport]
+"""Every open connection's response, with its transport (which only the floor writes to)."""
+
+PEERS = web.AppKey("peers", Peers)
+SendToAll = Callable[[Peers], Awaitable[float]]
 
 
 async def echo(request: web.Request) -> web.WebSocketResponse:
@@ -34,7 +40,7 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def send_to_all(peers: set[web.WebSocketResponse]) -> float:
+async def send_to_all(peers: Peers) -> float:
     """Send the broadcast payload to every peer with a ``send_str`` loop; return the seconds."""
     start = time.perf_counter()
     for peer in tuple(peers):
@@ -42,27 +48,32 @@ async def send_to_all(peers: set[web.WebSocketResponse]) -> float:
     return time.perf_counter() - start
 
 
-async def broadcaster(request: web.Request) -> web.WebSocketResponse:
-    """Keep the connection in the peer set; broadcast when asked to."""
-    peers = request.app[PEERS]
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    peers.add(ws)
-    try:
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT and msg.data == BROADCAST_COMMAND:
-                took = await send_to_all(peers)
-                await ws.send_str(f"{TOOK_PREFIX}{took}")
-    finally:
-        peers.discard(ws)
-    return ws
+def broadcaster(send: SendToAll) -> Callable[[web.Request], Awaitable[web.WebSocketResponse]]:
+    """A handler that keeps its connection among the peers and calls ``send`` when asked to."""
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        peers = request.app[PEERS]
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        assert request.transport is not None
+        peers[ws] = request.transport
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT and msg.data == BROADCAST_COMMAND:
+                    took = await send(peers)
+                    await ws.send_str(f"{TOOK_PREFIX}{took}")
+        finally:
+            del peers[ws]
+        return ws
+
+    return handle
 
 
-def make_app(options: ServerOptions) -> web.Application:
-    """The application: one route that answers every path."""
+def make_app(options: ServerOptions, send: SendToAll = send_to_all) -> web.Application:
+    """The application: one route that answers every path; ``send`` broadcasts."""
     app = web.Application()
-    app[PEERS] = set()
-    app.router.add_get("/{tail:.*}", broadcaster if options.broadcast else echo)
+    app[PEERS] = {}
+    app.router.add_get("/{tail:.*}", broadcaster(send) if options.broadcast else echo)
     return app
 
 
