@@ -1,7 +1,7 @@
 """WebSocket endpoints as aiohttp sub-applications: a port of Perl's Plack::App::WebSocket."""
 
 from .app import WSAPP_KEY, WebSocketApp, create_app
-from .connection import Connection
+from .connection import Connection, ConnectionState
 from .errors import (
     ERROR_KEY,
     HANDSHAKE_ERROR_KEY,
@@ -30,6 +30,7 @@ __all__ = [
     "BrokerError",
     "Connection",
     "ConnectionClosed",
+    "ConnectionState",
     "WebSocketApp",
     "WebSocketServer",
     "__version__",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from typing import Any
 
 from aiohttp import WSCloseCode, web
 
 from .broker import Broadcast, Broker
-from .connection import Connection
+from .connection import Connection, new_response
 from .errors import (
     ERROR_KEY,
     HANDSHAKE_ERROR_KEY,
@@ -38,7 +38,7 @@ ErrorHandler = Callable[[web.Request], Any]
 """``on_error(request)``, an aiohttp handler, sync or async, returning a response."""
 
 
-class _Refusal(Exception):
+class _HandshakeFailed(Exception):
     """A handshake that fails with an error string (and, for invalid requests, a cause)."""
 
     def __init__(self, error: str, cause: Exception | None = None) -> None:
@@ -112,7 +112,7 @@ class WebSocketApp:
         self._broker = broker
         self._connections: set[Connection] = set()
         self._connections_view = _ConnectionsView(self._connections)
-        self._groups = Groups(self._group_created, self._group_emptied)
+        self._groups: Groups[Connection] = Groups(self._group_created, self._group_emptied)
         self._shutting_down = False
         self._preparing = 0
 
@@ -126,6 +126,26 @@ class WebSocketApp:
         """The open connections: a read-only, live set-like view."""
         return self._connections_view
 
+    @property
+    def groups(self) -> Mapping[str, frozenset[Connection]]:
+        """This process's groups: a read-only, live mapping of name → frozenset of open members.
+
+        A group without members is absent. For counts across processes, see :meth:`count`.
+        """
+        return self._groups.view
+
+    async def count(self, group: str | None = None) -> int:
+        """Return how many connections are open (in ``group``), across every process that
+        shares the broker; without a broker, in this process.
+
+        :raises BrokerError: the broker cannot count them.
+        """
+        if self._broker is not None:
+            return await self._broker.count(group)
+        if group is None:
+            return len(self._connections)
+        return len(self._groups.view.get(group, ()))
+
     # -- requests ---------------------------------------------------------------------------
 
     async def call(self, request: web.Request) -> web.StreamResponse:
@@ -135,22 +155,29 @@ class WebSocketApp:
         ``wsapp.setup(app)`` so that shutdown and the broker follow the application.
         """
         server = self._server
-        response = server._new_response(request)
         try:
             self._admit(request)
-            self._check_request(request)
+            protocol = self._check_request(request)
+            response = new_response(server, protocol)
             handshake_results: tuple[Any, ...] = ()
             if server.handshake or server.validator:
                 handshake_results = await self._run_handshake(request, response)
                 self._admit(request)  # others may have come in while the callback awaited
-        except _Refusal as refusal:
-            return await self._refuse(request, refusal)
+        except _HandshakeFailed as failure:
+            return await self._answer_failure(request, failure)
         self._preparing += 1  # counted against max_connections while the 101 is sent
         try:
             writer = await response.prepare(request)
         finally:
             self._preparing -= 1
-        connection = Connection(self, request, response, writer)
+        connection = Connection(
+            self,
+            request,
+            response,
+            writer,
+            groups=self._groups,
+            forget=self._connections.discard,
+        )
         self._connections.add(connection)
         if self._shutting_down:  # shutdown began while the 101 was being sent
             connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
@@ -159,23 +186,25 @@ class WebSocketApp:
 
     def _admit(self, request: web.Request) -> None:
         if request.transport is None:
-            raise _Refusal(NOT_SUPPORTED)
+            raise _HandshakeFailed(NOT_SUPPORTED)
         if self._shutting_down:
-            raise _Refusal(SHUTTING_DOWN)
+            raise _HandshakeFailed(SHUTTING_DOWN)
         max_connections = self._max_connections
         if (
             max_connections is not None
             and len(self._connections) + self._preparing >= max_connections
         ):
-            raise _Refusal(TOO_MANY_CONNECTIONS)
+            raise _HandshakeFailed(TOO_MANY_CONNECTIONS)
 
-    def _check_request(self, request: web.Request) -> None:
+    def _check_request(self, request: web.Request) -> str | None:
+        """Check the request as a handshake and its origin; return the chosen subprotocol."""
         try:
-            check_opening_handshake(request)
+            protocol = check_opening_handshake(request, self._server.protocols)
         except web.HTTPException as exc:
-            raise _Refusal(INVALID_REQUEST, exc) from None
+            raise _HandshakeFailed(INVALID_REQUEST, exc) from None
         if not origin_allowed(self._server.allowed_origins, request):
-            raise _Refusal(ORIGIN_NOT_ALLOWED)
+            raise _HandshakeFailed(ORIGIN_NOT_ALLOWED)
+        return protocol
 
     async def _run_handshake(
         self, request: web.Request, response: web.WebSocketResponse
@@ -183,22 +212,21 @@ class WebSocketApp:
         try:
             return await self._server._run_handshake(request, response)
         except Exception as exc:
-            raise _Refusal(INVALID_REQUEST, exc) from None
+            raise _HandshakeFailed(INVALID_REQUEST, exc) from None
 
-    async def _refuse(self, request: web.Request, refusal: _Refusal) -> web.StreamResponse:
-        request[ERROR_KEY] = refusal.error
-        if refusal.cause is not None:
-            request[HANDSHAKE_ERROR_KEY] = refusal.cause
-        logger.debug("handshake refused (%s): %r", refusal.error, refusal.cause)
+    async def _answer_failure(
+        self, request: web.Request, failure: _HandshakeFailed
+    ) -> web.StreamResponse:
+        request[ERROR_KEY] = failure.error
+        if failure.cause is not None:
+            request[HANDSHAKE_ERROR_KEY] = failure.cause
+        logger.debug("handshake refused (%s): %r", failure.error, failure.cause)
         response = self._on_error(request)
         if inspect.isawaitable(response):
             response = await response
         if not isinstance(response, web.StreamResponse):
             raise TypeError(f"on_error returned {type(response).__name__}, not a response")
         return response
-
-    def _forget(self, connection: Connection) -> None:
-        self._connections.discard(connection)
 
     # -- broadcast --------------------------------------------------------------------------
 

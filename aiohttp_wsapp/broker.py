@@ -43,6 +43,13 @@ class Broker(abc.ABC):
     async def publish(self, broadcast: Broadcast) -> None:
         """Send ``broadcast`` to every process; raise :class:`BrokerError` if it cannot."""
 
+    async def count(self, group: str | None = None) -> int:
+        """Return how many connections are open (in ``group``) across every process.
+
+        :raises BrokerError: the broker cannot count them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot count connections")
+
     def group_joined(self, group: str) -> None:  # noqa: B027 - optional hook
         """This process now has a member in ``group`` (it had none)."""
 

@@ -4,31 +4,38 @@ The path of one message: aiohttp's reader → :meth:`Connection._serve`'s loop �
 handlers → :meth:`Connection.send` → a frame built by :mod:`.frames` → the socket's transport.
 ``send`` writes at once and returns a reusable awaitable, so a plain handler that echoes costs two
 function calls and no task.
+
+A connection's life is one state, :class:`ConnectionState`, changed in one place each way:
+:meth:`Connection._start_closing` (OPEN → CLOSING) and :meth:`Connection._finish` (→ CLOSED).
+Whatever starts the closing arms one deadline of ``close_timeout`` that aborts the socket,
+whatever is still buffered; aiohttp's own ways into closing reach it through :class:`Response`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import inspect
 import itertools
 import json
 import logging
 import secrets
+import socket
 import struct
 import types
-from collections.abc import Awaitable, Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Set
+from typing import Any, Final, Protocol, TypeVar, overload
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from .errors import ConnectionClosed
 from .frames import Deflater, Opcode, Payload, encode_frame, frame_header
+from .groups import Groups
+from .server import WebSocketServer
 
-if TYPE_CHECKING:
-    from .app import WebSocketApp
-
-__all__ = ["Connection", "Handler"]
+__all__ = ["Connection", "ConnectionState", "Endpoint", "Handler", "Response", "new_response"]
 
 logger = logging.getLogger("aiohttp_wsapp")
 
@@ -51,6 +58,98 @@ _PROCESS_ID: Final = secrets.token_hex(8)
 _CONNECTION_NUMBERS: Final = itertools.count()
 _PACK_CLOSE_CODE = struct.Struct("!H").pack
 _SENDABLE_CLOSE_CODES: Final = frozenset(WSCloseCode) - {WSCloseCode.ABNORMAL_CLOSURE}
+_HEARTBEAT_PING: Final = encode_frame(Opcode.PING, b"")
+_LINGER_ZERO: Final = struct.pack("ii", 1, 0)
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection is in its life: :attr:`Connection.state`."""
+
+    OPEN = "open"
+    """Messages flow both ways."""
+    CLOSING = "closing"
+    """The closing started: nothing more is sent or dispatched; the socket goes within
+    ``close_timeout``."""
+    CLOSED = "closed"
+    """Finished: the ``finish`` handlers ran or are running, every resource is released."""
+
+
+OPEN, CLOSING, CLOSED = ConnectionState
+
+
+class Endpoint(Protocol):
+    """The endpoint that accepted a connection, as its handlers reach it: :attr:`Connection.app`.
+
+    :class:`WebSocketApp` is the one implementation; this protocol names what a connection's
+    handlers may use of it, so that a connection does not depend on the endpoint's module.
+    """
+
+    @property
+    def websocket_server(self) -> WebSocketServer:
+        """The handshake and protocol settings."""
+
+    @property
+    def connections(self) -> Set[Connection]:
+        """The open connections of this process."""
+
+    @property
+    def groups(self) -> Mapping[str, frozenset[Connection]]:
+        """Group name → this process's open members."""
+
+    async def count(self, group: str | None = None) -> int:
+        """Open connections (of ``group``) across every process sharing the broker."""
+
+    async def broadcast(
+        self,
+        data: str | bytes,
+        *,
+        group: str | None = None,
+        exclude: Connection | Iterable[Connection] | None = None,
+    ) -> None:
+        """Send ``data`` to every open connection, or to the members of ``group``."""
+
+
+class Response(web.WebSocketResponse):
+    """aiohttp's response, with every close that aiohttp starts itself reported to the connection.
+
+    aiohttp closes on its own when the peer sends a bad frame or goes away, and its close waits
+    for the socket's buffer to drain, without a limit. Reporting it lets the connection enter
+    CLOSING (and arm its deadline) the moment it happens; the drain is skipped because the
+    deadline, not the peer, decides how long closing takes.
+    """
+
+    connection: Connection | None = None
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        """Close as aiohttp does, after telling the connection that the closing started."""
+        if self.connection is not None:
+            # aiohttp closes with 1000 when the peer's socket ended without a close frame, and
+            # with the protocol error's code when the peer broke the protocol.
+            abnormal = code == WSCloseCode.OK
+            self.connection._start_closing(WSCloseCode.ABNORMAL_CLOSURE if abnormal else code, "")
+        return await super().close(code=code, message=message, drain=False)
+
+
+def new_response(settings: WebSocketServer, protocol: str | None) -> Response:
+    """Return a not yet prepared response that speaks ``protocol``, with these settings."""
+    response = Response(
+        protocols=(protocol,) if protocol else (),
+        # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
+        max_msg_size=settings.max_payload_size + 1,
+        heartbeat=None,  # the connection keeps the peer alive itself, at no cost per message
+        autoping=False,  # ... and so sees the pongs
+        compress=settings.compress,
+        timeout=settings.close_timeout,
+        # The receive loop answers the peer's close frame itself, so that a close the server
+        # started completes in that same loop instead of aiohttp dropping the socket.
+        autoclose=False,
+    )
+    if protocol:
+        # aiohttp reads only the first Sec-WebSocket-Protocol line; the offer may span several.
+        response.headers["Sec-WebSocket-Protocol"] = protocol
+    return response
 
 
 def _wants_unregister(handler: Handler) -> bool:
@@ -102,9 +201,10 @@ class _Registration:
 class _Sent:
     """What ``send`` returns once the frame is written: awaiting it waits for flow control."""
 
-    __slots__ = ("_writer",)
+    __slots__ = ("_connection", "_writer")
 
-    def __init__(self, writer: AbstractStreamWriter) -> None:
+    def __init__(self, connection: Connection, writer: AbstractStreamWriter) -> None:
+        self._connection = connection
         self._writer = writer
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -114,20 +214,20 @@ class _Sent:
         try:
             await self._writer.drain()
         except ConnectionError:
-            raise ConnectionClosed("the connection was lost while sending") from None
+            raise self._connection._closed_error() from None
 
 
-class _Refused:
+class _RaiseClosed:
     """What an operation on a closed connection returns: awaiting it raises ConnectionClosed."""
 
-    __slots__ = ()
+    __slots__ = ("_error",)
+
+    def __init__(self, error: ConnectionClosed) -> None:
+        self._error = error
 
     def __await__(self) -> Generator[Any, None, None]:
-        raise ConnectionClosed("the connection is closed")
+        raise self._error
         yield  # pragma: no cover - makes this a generator
-
-
-_REFUSED: Final = _Refused()
 
 
 class _Done:
@@ -161,25 +261,43 @@ class Connection:
     peer broke the protocol; the connection is then closed).
 
     The connection stays open while its request handler runs, whether or not a reference to it
-    is kept: close it with :meth:`close`.
+    is kept: close it with :meth:`close`. Applications may keep their own attributes on it
+    (``conn.user = ...``).
+
+    Connections are made by the endpoint: it passes ``groups`` (the endpoint's group registry)
+    and ``forget`` (called once, when the connection finishes).
     """
 
     def __init__(
         self,
-        app: WebSocketApp,
+        app: Endpoint,
         request: web.Request,
-        ws: web.WebSocketResponse,
+        ws: Response,
         writer: AbstractStreamWriter,
+        *,
+        groups: Groups[Connection],
+        forget: Callable[[Connection], None],
     ) -> None:
         self._app = app
         self._request = request
         self._ws = ws
+        ws.connection = self
         transport = request.transport
         assert transport is not None, "a prepared WebSocketResponse has a transport"
         self._transport = transport
+        # transport.close() waits for the buffer to flush, without a limit, and asyncio calls it
+        # on the peer's end of stream without telling aiohttp: every call of it starts closing.
+        # (uvloop's transports take no attributes: there the heartbeat notices the closing.)
+        with contextlib.suppress(AttributeError):
+            transport.close = self._close_transport  # type: ignore[method-assign]
+        self._loop = asyncio.get_running_loop()
         settings = app.websocket_server
         self._send_buffer_limit = settings.send_buffer_limit
-        self._sent = _Sent(writer)
+        self._close_timeout = settings.close_timeout
+        self._heartbeat = settings.heartbeat
+        self._registry = groups
+        self._forget = forget
+        self._sent = _Sent(self, writer)
         self._deflater = _negotiated_deflater(ws)
         # aiohttp checks an inflated message with a byte of slack: compressed ones are checked here.
         self._inflated_limit = None if self._deflater is None else settings.max_payload_size
@@ -190,15 +308,18 @@ class Connection:
         }
         self._groups: frozenset[str] = frozenset()
         self._id = f"{_PROCESS_ID}-{next(_CONNECTION_NUMBERS)}"  # names it across processes
-        self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._closing = False
-        self._finish_started = False
-        self._close_timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._close_timeout = settings.close_timeout
+        self._finished: asyncio.Future[None] = self._loop.create_future()
+        self._state = OPEN
         self._close_code: int | None = None
         self._close_reason: str | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._late_finishers: set[asyncio.Task[None]] = set()
+        # The keepalive: ``_heard`` is marked per message, and read once per heartbeat round.
+        self._heard = False
+        self._ping_sent_at: float | None = None
+        self._latency: float | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -213,7 +334,7 @@ class Connection:
         return self._ws
 
     @property
-    def app(self) -> WebSocketApp:
+    def app(self) -> Endpoint:
         """The :class:`WebSocketApp` that accepted this connection."""
         return self._app
 
@@ -223,9 +344,14 @@ class Connection:
         return self._ws.headers.get("Sec-WebSocket-Protocol")
 
     @property
+    def state(self) -> ConnectionState:
+        """``OPEN``, ``CLOSING`` (the closing started) or ``CLOSED`` (finished)."""
+        return self._state
+
+    @property
     def closed(self) -> bool:
         """``True`` once the connection is closing or closed: nothing more can be sent."""
-        return self._closing or self._ws.closed or self._transport.is_closing()
+        return self._state is not OPEN
 
     @property
     def close_code(self) -> int | None:
@@ -238,18 +364,22 @@ class Connection:
         return self._close_reason
 
     @property
+    def latency(self) -> float | None:
+        """Seconds: the round trip of the last answered heartbeat ping; ``None`` before one."""
+        return self._latency
+
+    @property
     def buffered_amount(self) -> int:
         """Bytes sent but not yet written to the socket."""
         return self._transport.get_write_buffer_size()
 
     @property
     def groups(self) -> frozenset[str]:
-        """The names of the groups this connection belongs to."""
+        """The names of the groups this connection belongs to; empty once it is closed."""
         return self._groups
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<Connection {state} {self._request.remote} {self._request.path}>"
+        return f"<Connection {self._state.value} {self._request.remote} {self._request.path}>"
 
     # -- events -----------------------------------------------------------------------------
 
@@ -302,7 +432,7 @@ class Connection:
         if not callable(handler):
             raise TypeError(f"a {event} handler must be callable, not {type(handler).__name__}")
         registration = _Registration(self, name, handler)
-        if not self._finish_started:
+        if self._state is not CLOSED:
             self._handlers[name] = (*self._handlers[name], registration)
         elif name == "finish":
             self._run_late_finish(registration)
@@ -353,13 +483,17 @@ class Connection:
         """
         if len(data) > 125:
             raise ValueError("a ping carries at most 125 bytes")
-        if self.closed:
-            return self._refuse("ping")
+        if self._cannot_send():
+            return self._dropped("ping")
         return self._write(encode_frame(Opcode.PING, bytes(data)))
 
+    def _cannot_send(self) -> bool:
+        # The transport may be gone before the receive loop has seen it.
+        return self._state is not OPEN or self._transport.is_closing()
+
     def _send_message(self, opcode: Opcode, payload: Payload) -> Awaitable[None]:
-        if self.closed:
-            return self._refuse("send")
+        if self._cannot_send():
+            return self._dropped("send")
         deflater = self._deflater
         if deflater is not None:
             payload = deflater.compress(payload)
@@ -373,26 +507,24 @@ class Connection:
     def _write(self, frame: bytes) -> Awaitable[None]:
         self._transport.write(frame)
         if self._transport.get_write_buffer_size() > self._send_buffer_limit:
-            self._drop_slow_peer()
+            # A closing handshake could not get through a full buffer: drop the socket at once.
+            logger.warning("%r dropped: its peer does not read (%s)", self, _SEND_BUFFER_OVERFLOW)
+            self._drop(WSCloseCode.POLICY_VIOLATION, _SEND_BUFFER_OVERFLOW)
         return self._sent
 
     def _send_prebuilt(self, opcode: Opcode, payload: bytes, frame: bytes) -> None:
         """Send a broadcast message whose uncompressed ``frame`` is already built."""
         if self._deflater is not None:
             self._send_message(opcode, payload)  # its own compressor: its own frame
-        elif not self.closed:
+        elif not self._cannot_send():
             self._write(frame)
 
-    def _refuse(self, operation: str) -> Awaitable[None]:
+    def _dropped(self, operation: str) -> Awaitable[None]:
         logger.debug("%s on closed %r dropped", operation, self)
-        return _REFUSED
+        return _RaiseClosed(self._closed_error())
 
-    def _drop_slow_peer(self) -> None:
-        # A closing handshake could not get through a full buffer: drop the socket at once.
-        logger.warning("%r dropped: its peer does not read (%s)", self, _SEND_BUFFER_OVERFLOW)
-        self._closing = True
-        self._set_close_state(WSCloseCode.POLICY_VIOLATION, _SEND_BUFFER_OVERFLOW)
-        self._transport.abort()
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(self._close_code, self._close_reason)
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -411,66 +543,130 @@ class Connection:
         encoded_reason = reason.encode()
         if len(encoded_reason) > 123:
             raise ValueError("a close reason is at most 123 bytes of UTF-8")
-        if self.closed:
+        if not self._start_closing(code, reason):
             return _DONE
-        self._closing = True
-        self._set_close_state(code, reason)
-        loop = asyncio.get_running_loop()
-        self._close_timer = loop.call_later(self._close_timeout, self._abort)
+        if self._transport.is_closing():
+            return _DONE  # the socket went first; the receive loop will see it
         return self._write(encode_frame(Opcode.CLOSE, _PACK_CLOSE_CODE(code) + encoded_reason))
+
+    def _start_closing(self, code: int, reason: str) -> bool:
+        """Enter CLOSING with ``code`` and ``reason``; tell whether it was open until now.
+
+        The one way out of OPEN: whatever closes the connection comes through here, and arms the
+        deadline after which the socket is aborted, however much it still has to send.
+        """
+        if self._state is not OPEN:
+            return False
+        self._state = CLOSING
+        self._close_code = code
+        self._close_reason = reason
+        self._stop_keepalive()
+        self._deadline = self._loop.call_later(self._close_timeout, _abort, self._transport)
+        return True
+
+    def _close_transport(self) -> None:
+        """Close the socket once its buffer is flushed, within the closing's deadline."""
+        self._start_closing(WSCloseCode.ABNORMAL_CLOSURE, "")
+        type(self._transport).close(self._transport)
+
+    def _drop(self, code: int, reason: str) -> None:
+        """Abort the socket now, without a closing handshake."""
+        self._start_closing(code, reason)
+        _abort(self._transport)
 
     async def _answer_close(self, code: int, reason: str) -> None:
         """End the closing handshake on the peer's close frame."""
-        self._set_close_state(code, reason)
-        if self._closing:  # the peer answered ours: the handshake is complete
+        if self._state is not OPEN:  # the peer answered ours: the handshake is complete
             self._transport.close()
             return
-        self._closing = True
-        echoed = code if _sendable(code) else WSCloseCode.OK
-        # No drain: a peer that closed may not read any more, and nothing would end the wait.
-        await self._ws.close(code=echoed, drain=False)
-        if self._transport.get_write_buffer_size():
-            # The socket closes once its buffer is flushed: drop it if the peer never reads it.
-            loop = asyncio.get_running_loop()
-            loop.call_later(self._close_timeout, self._transport.abort)
-
-    def _abort(self) -> None:
-        """Drop the socket without a closing handshake."""
-        self._closing = True
-        self._transport.abort()
+        if code == _NO_STATUS_RECEIVED or _sendable(code):
+            self._start_closing(code, reason)
+            echoed = WSCloseCode.OK if code == _NO_STATUS_RECEIVED else code
+            await self._ws.close(code=echoed, drain=False)
+            return
+        # RFC 6455 §7.4: a code that may not be sent is a protocol error, answered with 1002.
+        self._start_closing(WSCloseCode.PROTOCOL_ERROR, "")
+        await self._peer_failed(
+            WebSocketError(WSCloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+        )
+        await self._ws.close(code=WSCloseCode.PROTOCOL_ERROR, drain=False)
 
     def _stop(self) -> None:
         """Drop the socket and cancel whatever handler the connection is still running."""
-        self._abort()
+        self._drop(WSCloseCode.ABNORMAL_CLOSURE, "")
         if self._task is not None:
             self._task.cancel()
 
-    def _set_close_state(self, code: int, reason: str) -> None:
-        if self._close_code is None:
-            self._close_code = code
-            self._close_reason = reason
+    # -- keepalive --------------------------------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        if self._heartbeat is not None and self._state is OPEN:
+            self._keepalive = self._loop.call_later(self._heartbeat, self._keepalive_round)
+
+    def _keepalive_round(self) -> None:
+        """Ping a peer not heard from since the last round; drop it if no pong follows."""
+        if self._heard:
+            self._heard = False
+            self._start_keepalive()
+            return
+        if self._cannot_send():  # the socket is going: bound its flush
+            self._start_closing(WSCloseCode.ABNORMAL_CLOSURE, "")
+            return
+        assert self._heartbeat is not None
+        self._ping_sent_at = self._loop.time()
+        self._keepalive = self._loop.call_later(self._heartbeat / 2, self._pong_missed)
+        self._write(_HEARTBEAT_PING)
+
+    def _pong_missed(self) -> None:
+        if self._heard:  # a whole message came in since: the pong is behind it
+            self._ping_sent_at = None
+            self._keepalive_round()
+            return
+        logger.info("%r dropped: no pong to the heartbeat's ping", self)
+        self._drop(WSCloseCode.ABNORMAL_CLOSURE, "")
+
+    def _pong_received(self) -> None:
+        sent_at = self._ping_sent_at
+        if sent_at is None:
+            self._heard = True  # unsolicited, or the answer to an application's ping
+            return
+        self._latency = self._loop.time() - sent_at
+        self._ping_sent_at = None
+        self._heard = False
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        self._start_keepalive()
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
 
     # -- groups -----------------------------------------------------------------------------
 
     def join(self, name: str) -> None:
-        """Add this connection to the group ``name`` (for :meth:`WebSocketApp.broadcast`)."""
+        """Add this connection to the group ``name`` (for :meth:`WebSocketApp.broadcast`).
+
+        A closed connection joins nothing.
+        """
         if not isinstance(name, str):
             raise TypeError("a group name is a str")
-        if name not in self._groups and not self._finish_started:
+        if name not in self._groups and self._state is not CLOSED:
             self._groups |= {name}
-            self._app._groups.add(name, self)
+            self._registry.add(name, self)
 
     def leave(self, name: str) -> None:
         """Remove this connection from the group ``name``; nothing happens if it is not in it."""
         if name in self._groups:
             self._groups -= {name}
-            self._app._groups.discard(name, self)
+            self._registry.discard(name, self)
 
     # -- serving ----------------------------------------------------------------------------
 
     async def _serve(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
         """Run the connection: ``on_establish``, then messages until it closes, then ``finish``."""
         self._task = asyncio.current_task()
+        self._start_keepalive()
         try:
             await self._establish(on_establish, handshake_results)
             await self._receive_messages()  # after a close, until the peer answers it
@@ -479,7 +675,7 @@ class Connection:
             if finishers:
                 # Shielded: aiohttp may cancel this handler when the peer goes away, and finish
                 # handlers must still run to completion.
-                task = asyncio.get_running_loop().create_task(self._run_finishers(finishers))
+                task = self._loop.create_task(self._run_finishers(finishers))
                 await asyncio.shield(task)
             else:
                 self._finished.set_result(None)
@@ -489,6 +685,8 @@ class Connection:
             result = on_establish(self, self._request, handshake_results)
             if result is not None and inspect.isawaitable(result):
                 await result
+        except ConnectionClosed:
+            logger.debug("on_establish of %r stopped: the connection closed", self)
         except Exception:
             logger.exception("on_establish raised for %r", self)
             self.close(WSCloseCode.INTERNAL_ERROR)
@@ -499,7 +697,8 @@ class Connection:
             message = await ws.receive()
             kind = message.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                if self._closing:
+                self._heard = True
+                if self._state is not OPEN:
                     continue  # we sent a close frame: the peer's late messages are dropped
                 data = message.data
                 if self._inflated_limit is not None and _exceeds(data, self._inflated_limit):
@@ -515,8 +714,12 @@ class Connection:
                         if result is not None and inspect.isawaitable(result):
                             await result
                 except Exception as exc:
-                    await self._report_error(exc)
-                    self.close(WSCloseCode.INTERNAL_ERROR)
+                    await self._handler_failed(exc)
+            elif kind is WSMsgType.PING:
+                if not self._cannot_send():
+                    self._write(encode_frame(Opcode.PONG, message.data))
+            elif kind is WSMsgType.PONG:
+                self._pong_received()
             elif kind is WSMsgType.CLOSE:
                 # aiohttp reports a close frame without a status code as 0.
                 code = message.data or _NO_STATUS_RECEIVED
@@ -528,46 +731,68 @@ class Connection:
             else:  # CLOSED: the socket is gone
                 return
 
+    async def _handler_failed(self, exc: Exception) -> None:
+        if isinstance(exc, ConnectionClosed) and self._state is not OPEN:
+            logger.debug("a message handler of %r stopped: the connection closed", self)
+            return
+        handlers = self._handlers["error"]
+        if not handlers:
+            logger.error("a message handler raised for %r", self, exc_info=exc)
+        else:
+            await self._report(handlers, exc)
+        self.close(WSCloseCode.INTERNAL_ERROR)
+
     async def _refuse_oversized(self) -> None:
         limit = self._inflated_limit
-        too_big = WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"Message size exceeds {limit}")
-        self._set_close_state(WSCloseCode.MESSAGE_TOO_BIG, "")
-        await self._report_error(too_big)
         self.close(WSCloseCode.MESSAGE_TOO_BIG)
+        await self._peer_failed(
+            WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"Message size exceeds {limit}")
+        )
 
     async def _receive_failed(self, exc: BaseException) -> None:
         code = getattr(exc, "code", None)
         if isinstance(code, int):  # aiohttp's WebSocketError: the peer broke the protocol
-            self._set_close_state(code, "")
-            await self._report_error(exc)
+            await self._peer_failed(exc)
         else:
             logger.debug("%r lost: %r", self, exc)
 
-    async def _report_error(self, exc: BaseException) -> None:
+    async def _peer_failed(self, exc: BaseException) -> None:
+        """Report a protocol error of the peer: its ``error`` handlers, or one WARNING line."""
         handlers = self._handlers["error"]
         if not handlers:
-            logger.error("error on %r", self, exc_info=exc)
-            return
+            logger.warning("%r closed with %s: %s", self, self._close_code, exc)
+        else:
+            await self._report(handlers, exc)
+
+    async def _report(self, handlers: tuple[_Registration, ...], exc: BaseException) -> None:
         try:
             await _call_each(handlers, self, exc)
         except Exception:
             logger.exception("an error handler raised for %r", self)
 
     def _finish(self) -> tuple[_Registration, ...]:
-        """Settle the closed state and leave the endpoint; return the finish handlers to run."""
-        self._finish_started = True
-        self._closing = True
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
-        self._set_close_state(WSCloseCode.ABNORMAL_CLOSURE, "")
+        """Enter CLOSED, leave the endpoint and release everything; return the finish handlers.
+
+        The deadline stays armed while the socket still has bytes to flush.
+        """
+        self._start_closing(WSCloseCode.ABNORMAL_CLOSURE, "")
+        self._state = CLOSED
+        transport = self._transport
+        if not transport.is_closing():
+            transport.close()
+        with contextlib.suppress(AttributeError):
+            del transport.close  # the class's own again: no cycle through the connection
+        if self._deadline is not None and not transport.get_write_buffer_size():
+            self._deadline.cancel()
         for name in self._groups:
-            self._app._groups.discard(name, self)
-        self._app._forget(self)
+            self._registry.discard(name, self)
+        self._groups = frozenset()
+        self._forget(self)
         finishers = self._handlers["finish"]
         # The registrations refer back to this connection: dropping them breaks the cycles, so
         # that a finished connection is freed at once rather than by the garbage collector.
         self._handlers = dict.fromkeys(self._handlers, ())
+        self._ws.connection = None
         return finishers
 
     async def _run_finishers(self, finishers: tuple[_Registration, ...]) -> None:
@@ -584,9 +809,20 @@ class Connection:
             logger.exception("a finish handler raised for %r", self)
 
     def _run_late_finish(self, registration: _Registration) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_finish_handler(registration))
+        task = self._loop.create_task(self._run_finish_handler(registration))
         self._late_finishers.add(task)
         task.add_done_callback(self._late_finishers.discard)
+
+
+def _abort(transport: asyncio.Transport) -> None:
+    """Drop the socket at once, and what the kernel still holds for it: a reset, not a FIN.
+
+    A plain close leaves the kernel retrying the unsent bytes to a peer that does not read them.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.fileno() != -1:  # -1: closed already
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    transport.abort()
 
 
 def _event_name(event: str) -> str:
@@ -597,7 +833,8 @@ def _event_name(event: str) -> str:
 
 
 def _sendable(code: int) -> bool:
-    # RFC 6455 §7.4: the registered codes but 1006 (never sent), and the private range.
+    # RFC 6455 §7.4: the registered codes but 1006 (never sent), and the private range. The
+    # same codes are the ones a peer may send: any other is a protocol error.
     return code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999
 
 

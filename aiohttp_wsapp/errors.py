@@ -48,7 +48,19 @@ _DEFAULT_STATUS = {
 
 
 class ConnectionClosed(Exception):
-    """Raised by an awaited operation on a connection that is closed or closing."""
+    """Raised by an awaited operation on a connection that is closed or closing.
+
+    ``code`` and ``reason`` are the connection's close code and reason, when known.
+    """
+
+    def __init__(self, code: int | None = None, reason: str | None = None) -> None:
+        if code is None:
+            message = "the connection is closed"
+        else:
+            message = f"the connection is closed ({code}{f' {reason}' if reason else ''})"
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
 
 
 class BrokerError(Exception):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import Generic, TypeVar
 
 __all__ = ["Groups"]
 
+M = TypeVar("M", bound=Hashable)
 
-class Groups:
+
+class Groups(Generic[M]):
     """The members of every group of one endpoint, in this process.
 
     ``on_first_member`` and ``on_last_member`` are told when a group gains its first member and
@@ -23,29 +22,56 @@ class Groups:
         on_first_member: Callable[[str], None],
         on_last_member: Callable[[str], None],
     ) -> None:
-        self._members: dict[str, set[Connection]] = {}
+        self._members: dict[str, set[M]] = {}
         self._on_first_member = on_first_member
         self._on_last_member = on_last_member
+        self.view: Mapping[str, frozenset[M]] = _GroupsView(self._members)
+        """A read-only, live mapping: group name → its members now."""
 
-    def add(self, name: str, connection: Connection) -> None:
-        """Make ``connection`` a member of ``name``."""
+    def add(self, name: str, member: M) -> None:
+        """Make ``member`` a member of ``name``."""
         members = self._members.get(name)
         if members is None:
-            self._members[name] = {connection}
+            self._members[name] = {member}
             self._on_first_member(name)
         else:
-            members.add(connection)
+            members.add(member)
 
-    def discard(self, name: str, connection: Connection) -> None:
-        """Remove ``connection`` from ``name`` if it is a member."""
+    def discard(self, name: str, member: M) -> None:
+        """Remove ``member`` from ``name`` if it is a member."""
         members = self._members.get(name)
         if members is None:
             return
-        members.discard(connection)
+        members.discard(member)
         if not members:
             del self._members[name]
             self._on_last_member(name)
 
-    def members(self, name: str) -> frozenset[Connection]:
+    def members(self, name: str) -> frozenset[M]:
         """Return the current members of ``name``."""
         return frozenset(self._members.get(name, ()))
+
+
+class _GroupsView(Mapping[str, frozenset[M]]):
+    """Group name → frozenset of its members, read-only and live; a group without members is
+    absent."""
+
+    __slots__ = ("_members",)
+
+    def __init__(self, members: dict[str, set[M]]) -> None:
+        self._members = members
+
+    def __getitem__(self, name: str) -> frozenset[M]:
+        return frozenset(self._members[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self._members))
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._members
+
+    def __repr__(self) -> str:
+        return f"<groups {dict(self.items())!r}>"

@@ -42,11 +42,14 @@ def _has_token(headers: CIMultiDictProxy[str], name: str, token: str) -> bool:
     )
 
 
-def check_opening_handshake(request: web.Request) -> None:
-    """Raise an :class:`aiohttp.web.HTTPException` describing why ``request`` is no handshake.
+def check_opening_handshake(request: web.Request, protocols: tuple[str, ...]) -> str | None:
+    """Return the subprotocol to speak, or raise an :class:`aiohttp.web.HTTPException` saying
+    why ``request`` is no handshake this server accepts.
 
-    An unsupported ``Sec-WebSocket-Version`` raises 426 Upgrade Required with the version this
-    server speaks, as RFC 6455 §4.4 asks; every other defect raises 400 Bad Request.
+    ``protocols`` are the server's subprotocols in order of preference: the first of them that
+    the client offers is chosen. An unsupported ``Sec-WebSocket-Version`` raises 426 Upgrade
+    Required with the version this server speaks, as RFC 6455 §4.4 asks; every other defect
+    raises 400 Bad Request.
     """
     if request.method != hdrs.METH_GET:
         raise _bad_request(f"method must be GET, not {request.method}")
@@ -63,13 +66,35 @@ def check_opening_handshake(request: web.Request) -> None:
             headers={hdrs.SEC_WEBSOCKET_VERSION: "13"},
             text=f"Error: invalid request: unsupported Sec-WebSocket-Version {version!r}",
         )
-    key = headers.get(hdrs.SEC_WEBSOCKET_KEY, "")
+    keys = headers.getall(hdrs.SEC_WEBSOCKET_KEY, ())
+    if len(keys) > 1:  # RFC 6455 §11.3.1: it must not appear more than once
+        raise _bad_request("repeated Sec-WebSocket-Key header")
+    if len(headers.getall(hdrs.ORIGIN, ())) > 1:  # RFC 6454 §7.3: at most one
+        raise _bad_request("repeated Origin header")
+    key = keys[0] if keys else ""
     try:
         valid_key = len(binascii.a2b_base64(key, strict_mode=True)) == 16
     except ValueError:  # not base64, or not even ASCII
         valid_key = False
     if not valid_key:
         raise _bad_request(f"bad Sec-WebSocket-Key {key!r}")
+    return _choose_protocol(headers, protocols)
+
+
+def _choose_protocol(headers: CIMultiDictProxy[str], protocols: tuple[str, ...]) -> str | None:
+    if not protocols or hdrs.SEC_WEBSOCKET_PROTOCOL not in headers:
+        return None
+    # RFC 6455 §11.3.4: the header may come on several lines, which make one list.
+    offered = {
+        protocol.strip()
+        for line in headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL)
+        for protocol in line.split(",")
+    }
+    chosen = next((protocol for protocol in protocols if protocol in offered), None)
+    if chosen is None:
+        # A browser fails a connection whose 101 names no protocol it offered: say why here.
+        raise _bad_request(f"no common subprotocol: this server speaks {', '.join(protocols)}")
+    return chosen
 
 
 def _origin_of(url: URL) -> tuple[str, str, int | None]:

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from .handshake import OriginCheck, OriginPolicy, normalise_origin
 
@@ -66,10 +66,13 @@ class WebSocketServer:
     :param validator: ``validator(request)``, the original's older form with the same results
         rule; ignored when ``handshake`` is given.
     :param protocols: the subprotocols this endpoint speaks, in order of preference: the first
-        of them that the client offers is chosen, whatever the client's order.
+        of them that the client offers is chosen, whatever the client's order. A client that
+        offers only others is refused (``INVALID_REQUEST``); one that offers none is accepted
+        without a subprotocol.
     :param max_payload_size: bytes; a larger incoming message closes the connection with 1009.
-    :param heartbeat: seconds between pings; a peer that does not answer within half that time
-        is dropped. ``None`` sends no pings.
+    :param heartbeat: seconds between heartbeat rounds: a peer not heard from (no complete
+        message, no pong) since the last round is pinged, and dropped (close code 1006) if no
+        pong comes within half that time. It costs nothing per message. ``None`` turns it off.
     :param compress: accept permessage-deflate when the client offers it. Compression runs on
         the event loop: endpoints that send messages of many megabytes may want it off.
     :param allowed_origins: ``None`` allows requests without ``Origin`` and same-origin requests
@@ -78,7 +81,9 @@ class WebSocketServer:
         ``None`` when the request has no ``Origin`` header).
     :param send_buffer_limit: bytes of unsent outgoing data a connection may hold; past it the
         peer is too slow and is dropped with close code 1008.
-    :param close_timeout: seconds a closing handshake waits for the peer before dropping it.
+    :param close_timeout: however the closing starts (either side's close, a protocol error,
+        the peer's end of stream, a heartbeat timeout, a handler error, shutdown), the socket is
+        dropped at most this many seconds later, whatever is still in its send buffer.
     :raises TypeError: a callback is not callable, or a setting has the wrong type.
     :raises ValueError: a size or duration is not positive.
     """
@@ -113,29 +118,6 @@ class WebSocketServer:
         self.allowed_origins = _origin_policy(allowed_origins)
         self.send_buffer_limit = send_buffer_limit
         self.close_timeout = close_timeout
-
-    def _new_response(self, request: web.Request) -> web.WebSocketResponse:
-        """Return a not yet prepared response to ``request`` configured with these settings."""
-        return web.WebSocketResponse(
-            # aiohttp picks the client's first choice; the server's preference decides here.
-            protocols=self._preferred_protocol(request) if self.protocols else (),
-            # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
-            max_msg_size=self.max_payload_size + 1,
-            heartbeat=self.heartbeat,
-            compress=self.compress,
-            timeout=self.close_timeout,
-            # The receive loop answers the peer's close frame itself, so that a close the server
-            # started completes in that same loop instead of aiohttp dropping the socket.
-            autoclose=False,
-        )
-
-    def _preferred_protocol(self, request: web.Request) -> tuple[str, ...]:
-        offered = {
-            protocol.strip()
-            for header in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
-            for protocol in header.split(",")
-        }
-        return next(((protocol,) for protocol in self.protocols if protocol in offered), ())
 
     async def _run_handshake(
         self, request: web.Request, response: web.WebSocketResponse

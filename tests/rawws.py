@@ -419,7 +419,7 @@ def set_linger_zero(sock: Any) -> None:
 def reset_connection(writer: asyncio.StreamWriter) -> None:
     """Drop the connection of ``writer`` with a TCP reset: the peer sees it vanish at once."""
     sock = writer.get_extra_info("socket")
-    if sock is not None:
+    if sock is not None and sock.fileno() != -1:  # -1: the server reset it already
         set_linger_zero(sock)
     writer.transport.abort()
 
@@ -450,15 +450,30 @@ class RawWebSocket:
         *,
         headers: Sequence[tuple[str, str]] = (),
         timeout: float = DEFAULT_TIMEOUT,
+        receive_buffer: int | None = None,
     ) -> RawWebSocket:
         """Open a connection and perform a valid handshake, with ``headers`` added.
+
+        ``receive_buffer`` sets the socket's ``SO_RCVBUF`` before it connects: a small one, with
+        a client that does not read, makes a peer whose window closes.
 
         Raise :class:`AssertionError` unless the server answers 101 with the right
         ``Sec-WebSocket-Accept``.
         """
         key = make_key()
         request = http_request([*handshake_headers(f"{host}:{port}", key=key), *headers], path=path)
-        reader, writer = await asyncio.open_connection(host, port)
+        if receive_buffer is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            except BaseException:
+                sock.close()
+                raise
+            reader, writer = await asyncio.open_connection(sock=sock, limit=receive_buffer)
         try:
             writer.write(request)
             response, rest = await read_http_response(reader, timeout=timeout)

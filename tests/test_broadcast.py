@@ -92,7 +92,7 @@ async def test_leave_and_close_remove_a_connection_from_its_groups(
     assert conns[0].groups == frozenset()
     await clients[1].close()
     closed = await recorder.finish()
-    assert closed.groups == frozenset({"a"})  # what it had; it is no member any longer
+    assert closed.groups == frozenset()  # SPEC §5: a closed connection leaves every group
     await endpoint.wsapp.broadcast("group", group="a")
     await endpoint.wsapp.broadcast("end")
     assert await received(clients[2]) == "group"
