@@ -343,6 +343,15 @@ async def refused_status(
     return refused.value
 
 
+HANDSHAKE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+"""The headers of a valid opening handshake, for requests made without a WebSocket client."""
+
+
 async def run_pytest(run: Run) -> None:
     """Run a test block with pytest, beside the files its page defines before it."""
     block = run.block
@@ -506,8 +515,18 @@ async def _tutorial_chat(run: Run) -> None:
         await cy.send_str("anyone?")  # the lobby heard nothing from the kitchen
         assert await cy.receive_json() == {"from": "cy", "text": "anyone?"}
     assert (await refused_status(client, "/chat/kitchen", **chat)).status == 400
-    async with client.ws_connect("/chat/kitchen?name=dan") as no_protocol:
-        assert await receive_close(no_protocol) == WSCloseCode.POLICY_VIOLATION
+    async with client.ws_connect("/chat/hall?name=dan", protocols=["chat.v2", "chat.v1"]) as dan:
+        assert dan.protocol == "chat.v1"
+        assert await dan.receive_json() == {"joined": "dan"}
+    async with client.ws_connect("/chat/hall?name=eve") as no_protocol:  # offers none: accepted
+        assert no_protocol.protocol is None
+        assert await no_protocol.receive_json() == {"joined": "eve"}
+    # Offering only subprotocols the server does not speak is refused, before the name check.
+    refused = await refused_status(client, "/chat/hall?name=fay", protocols=["chat.v2"])
+    assert refused.status == 400
+    response = await client.get("/chat/hall", headers={**HANDSHAKE, "Sec-WebSocket-Protocol": "v2"})
+    assert response.status == 400
+    assert "chat.v1" in await response.text()
 
 
 # -- the checks: how-tos ------------------------------------------------------------------------
@@ -542,6 +561,67 @@ async def _auth_on_error(run: Run) -> None:
     assert await response.json() == {"error": "invalid request"}
     evil = {"Origin": "https://evil.example", "Authorization": "Bearer s3cret-token"}
     assert (await refused_status(client, "/ws", headers=evil)).status == 403
+
+
+covered("push-endpoint", by="push-app")
+covered("push-routes", by="push-app")
+covered("push-task", by="push-app")
+
+
+def _tasks_running(name: str) -> list[asyncio.Task[Any]]:
+    """The unfinished tasks that run the coroutine function ``name``."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", None) == name and not task.done()
+    ]
+
+
+@check("push-app")
+async def _push_app(run: Run) -> None:
+    assert run.served[0].kwargs == {"host": "127.0.0.1", "port": 8080}
+    app = run.app()
+    wsapp = app[WSAPP_KEY]
+    client = await run.client()
+    assert (await refused_status(client, "/ws?token=nobody")).status == 401
+    async with (
+        client.ws_connect("/ws?token=ann-token&topic=orders&topic=news") as ann,
+        client.ws_connect("/ws?token=ann-token") as ann_phone,
+        client.ws_connect("/ws?token=bob-token&topic=news") as bob,
+    ):
+        # The parent's WSAPP_KEY is the endpoint mounted at /ws, and each connection has a user.
+        connections: list[Any] = list(wsapp.connections)  # Any: conn.user is the page's own
+        assert sorted(conn.user for conn in connections) == ["ann", "ann", "bob"]
+        assert all(conn.app is wsapp for conn in connections)
+        response = await client.post("/topics/orders", data="3 new orders")
+        assert response.status == 204
+        assert await ann.receive_json() == {"topic": "orders", "text": "3 new orders"}
+        response = await client.post("/users/ann", data="your order has shipped")
+        assert response.status == 204
+        for ws in (ann, ann_phone):
+            assert await ws.receive_json() == {"to": "ann", "text": "your order has shipped"}
+        await client.post("/topics/news", data="extra!")
+        for ws in (ann, bob):
+            assert await ws.receive_json() == {"topic": "news", "text": "extra!"}
+        await client.post("/users/bob", data="hi bob")
+        # Bob heard nothing before his own pushes; ann's phone heard nothing of the topics.
+        assert await bob.receive_json() == {"to": "bob", "text": "hi bob"}
+        await client.post("/users/ann", data="last")
+        assert await ann_phone.receive_json() == {"to": "ann", "text": "last"}
+        assert await ann.receive_json() == {"to": "ann", "text": "last"}
+    assert (await client.post("/users/nobody", data="lost")).status == 204
+    # The background task: pushes arrive while the application runs; cleanup cancels it.
+    run.namespace["PERIOD"] = 0.01
+    (asleep,) = _tasks_running("push_who_is_online")  # the first application's, for 30 s
+    fast = await run.client(run["make_app"]())
+    (task,) = set(_tasks_running("push_who_is_online")) - {asleep}
+    async with fast.ws_connect("/ws?token=bob-token") as bob:
+        assert await bob.receive_json() == {"online": ["bob"]}
+        async with fast.ws_connect("/ws?token=ann-token") as ann:
+            assert await ann.receive_json() == {"online": ["ann", "bob"]}
+    await fast.close()
+    assert task.cancelled()
+    assert _tasks_running("push_who_is_online") == [asleep]
 
 
 FORWARDED = {"Host": "chat.example.com", "X-Forwarded-Proto": "https"}
