@@ -29,6 +29,12 @@ class ServerSpec:
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("raw_aiohttp", "raw aiohttp", "benchmarks.servers.raw_aiohttp", broadcast=True),
     ServerSpec("aiohttp_wsapp", "aiohttp_wsapp", "benchmarks.servers.wsapp", broadcast=True),
+    ServerSpec(
+        "aiohttp_wsapp_defaults",
+        "aiohttp_wsapp, default settings",
+        "benchmarks.servers.wsapp_defaults",
+        broadcast=True,
+    ),
     ServerSpec("websockets", "websockets", "benchmarks.servers.websockets_server", broadcast=True),
     ServerSpec("starlette", "Starlette/uvicorn", "benchmarks.servers.starlette_uvicorn"),
     ServerSpec(

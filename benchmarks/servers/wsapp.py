@@ -41,7 +41,7 @@ async def broadcast_on_command(conn: Connection, message: str | bytes) -> None:
     """Broadcast the payload to every connection when asked to, and report the seconds."""
     if message != BROADCAST_COMMAND:
         return
-    wsapp: WebSocketApp = conn.app
+    wsapp = conn.app
     start = time.perf_counter()
     await wsapp.broadcast(BROADCAST_PAYLOAD)
     took = time.perf_counter() - start
@@ -55,10 +55,10 @@ def on_establish_broadcast(
     conn.on("message", broadcast_on_command)
 
 
-def make_app(options: ServerOptions) -> web.Application:
+def make_app(options: ServerOptions, server: WebSocketServer = SERVER) -> web.Application:
     """The endpoint as a standalone application: it answers every path."""
     on_establish = on_establish_broadcast if options.broadcast else on_establish_echo
-    app = create_app(on_establish, websocket_server=SERVER)
+    app = create_app(on_establish, websocket_server=server)
     assert isinstance(app[WSAPP_KEY], WebSocketApp)
     return app
 
