@@ -22,7 +22,7 @@ from .errors import (
     TOO_MANY_CONNECTIONS,
     default_on_error,
 )
-from .frames import Opcode, encode_frame
+from .frames import BroadcastFrames, Opcode
 from .groups import Groups
 from .handshake import check_opening_handshake, origin_allowed
 from .server import WebSocketServer
@@ -158,7 +158,7 @@ class WebSocketApp:
         try:
             self._admit(request)
             protocol = self._check_request(request)
-            response = new_response(server, protocol)
+            response = new_response(server, request, protocol)
             handshake_results: tuple[Any, ...] = ()
             if server.handshake or server.validator:
                 handshake_results = await self._run_handshake(request, response)
@@ -267,14 +267,15 @@ class WebSocketApp:
         else:
             targets = self._groups.members(broadcast.group)
         data = broadcast.data
-        opcode, payload = (
-            (Opcode.TEXT, data.encode()) if isinstance(data, str) else (Opcode.BINARY, data)
+        frames = (
+            BroadcastFrames(Opcode.TEXT, data.encode())
+            if isinstance(data, str)
+            else BroadcastFrames(Opcode.BINARY, data)
         )
-        frame = encode_frame(opcode, payload)
         exclude = broadcast.exclude
         for connection in targets:
             if connection._id not in exclude:
-                connection._send_prebuilt(opcode, payload, frame)
+                connection._send_broadcast(frames)
 
     def _group_created(self, name: str) -> None:
         if self._broker is not None:

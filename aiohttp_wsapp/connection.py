@@ -31,7 +31,15 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from .errors import ConnectionClosed
-from .frames import Deflater, Opcode, Payload, encode_frame, frame_header
+from .frames import (
+    BroadcastFrames,
+    Compression,
+    MessageDeflater,
+    Opcode,
+    Payload,
+    encode_frame,
+    frame_header,
+)
 from .groups import Groups
 from .server import WebSocketServer
 
@@ -119,6 +127,8 @@ class Response(web.WebSocketResponse):
     """
 
     connection: Connection | None = None
+    message_limit: int | None = None
+    """The largest message the connection accepts, when aiohttp's own limit is looser."""
 
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
@@ -132,24 +142,37 @@ class Response(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=False)
 
 
-def new_response(settings: WebSocketServer, protocol: str | None) -> Response:
-    """Return a not yet prepared response that speaks ``protocol``, with these settings."""
+def new_response(settings: WebSocketServer, request: web.Request, protocol: str | None) -> Response:
+    """Return a not yet prepared response to ``request`` that speaks ``protocol``."""
+    limit = settings.max_payload_size
+    # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed. It also
+    # holds a compressed frame to that limit before inflating it (up to that limit too), so a
+    # message that compression made larger would be refused: where deflate may be negotiated,
+    # aiohttp gets room for deflate's worst overhead and the connection checks the inflated size.
+    deflate = settings.compression is not None and _offers_deflate(request)
+    frame_limit = limit + limit // 16 + 1024 if deflate else limit + 1
     response = Response(
         protocols=(protocol,) if protocol else (),
-        # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
-        max_msg_size=settings.max_payload_size + 1,
+        max_msg_size=frame_limit,
         heartbeat=None,  # the connection keeps the peer alive itself, at no cost per message
         autoping=False,  # ... and so sees the pongs
-        compress=settings.compress,
+        compress=deflate,
         timeout=settings.close_timeout,
         # The receive loop answers the peer's close frame itself, so that a close the server
         # started completes in that same loop instead of aiohttp dropping the socket.
         autoclose=False,
     )
+    if deflate:
+        response.message_limit = limit
     if protocol:
         # aiohttp reads only the first Sec-WebSocket-Protocol line; the offer may span several.
         response.headers["Sec-WebSocket-Protocol"] = protocol
     return response
+
+
+def _offers_deflate(request: web.Request) -> bool:
+    offers = request.headers.getall("Sec-WebSocket-Extensions", ())
+    return any("permessage-deflate" in offer for offer in offers)
 
 
 def _wants_unregister(handler: Handler) -> bool:
@@ -298,9 +321,8 @@ class Connection:
         self._registry = groups
         self._forget = forget
         self._sent = _Sent(self, writer)
-        self._deflater = _negotiated_deflater(ws)
-        # aiohttp checks an inflated message with a byte of slack: compressed ones are checked here.
-        self._inflated_limit = None if self._deflater is None else settings.max_payload_size
+        self._deflater = _negotiated_deflater(ws, settings.compression)
+        self._message_limit = ws.message_limit
         self._handlers: dict[str, tuple[_Registration, ...]] = {
             "message": (),
             "finish": (),
@@ -494,10 +516,9 @@ class Connection:
     def _send_message(self, opcode: Opcode, payload: Payload) -> Awaitable[None]:
         if self._cannot_send():
             return self._dropped("send")
-        deflater = self._deflater
-        if deflater is not None:
-            payload = deflater.compress(payload)
-        header = frame_header(opcode, len(payload), compressed=deflater is not None)
+        if self._deflater is not None:
+            return self._write(self._deflater.frame(opcode, payload))
+        header = frame_header(opcode, len(payload))
         if len(payload) <= _JOIN_LIMIT:
             return self._write(header + payload)
         # Joining a large payload to its header would copy it only to save a system call.
@@ -512,12 +533,10 @@ class Connection:
             self._drop(WSCloseCode.POLICY_VIOLATION, _SEND_BUFFER_OVERFLOW)
         return self._sent
 
-    def _send_prebuilt(self, opcode: Opcode, payload: bytes, frame: bytes) -> None:
-        """Send a broadcast message whose uncompressed ``frame`` is already built."""
-        if self._deflater is not None:
-            self._send_message(opcode, payload)  # its own compressor: its own frame
-        elif not self._cannot_send():
-            self._write(frame)
+    def _send_broadcast(self, frames: BroadcastFrames) -> None:
+        """Send one broadcast message, in the frame its peers of a kind share."""
+        if not self._cannot_send():
+            self._write(frames.frame(self._deflater))
 
     def _dropped(self, operation: str) -> Awaitable[None]:
         logger.debug("%s on closed %r dropped", operation, self)
@@ -701,7 +720,7 @@ class Connection:
                 if self._state is not OPEN:
                     continue  # we sent a close frame: the peer's late messages are dropped
                 data = message.data
-                if self._inflated_limit is not None and _exceeds(data, self._inflated_limit):
+                if self._message_limit is not None and _exceeds(data, self._message_limit):
                     await self._refuse_oversized()
                     continue
                 try:
@@ -743,7 +762,7 @@ class Connection:
         self.close(WSCloseCode.INTERNAL_ERROR)
 
     async def _refuse_oversized(self) -> None:
-        limit = self._inflated_limit
+        limit = self._message_limit
         self.close(WSCloseCode.MESSAGE_TOO_BIG)
         await self._peer_failed(
             WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"Message size exceeds {limit}")
@@ -851,11 +870,13 @@ def _exceeds(data: str | bytes, limit: int) -> bool:
     return len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
 
 
-def _negotiated_deflater(ws: web.WebSocketResponse) -> Deflater | None:
-    window_bits = ws.compress
-    if not window_bits:
+def _negotiated_deflater(
+    ws: web.WebSocketResponse, compression: Compression | None
+) -> MessageDeflater | None:
+    window_bits = ws.compress  # the negotiated server_max_window_bits, or False
+    if not window_bits or compression is None:
         return None
     extensions = ws.headers.get("Sec-WebSocket-Extensions", "")
-    return Deflater(
+    return compression.deflater(
         int(window_bits), no_context_takeover="server_no_context_takeover" in extensions
     )

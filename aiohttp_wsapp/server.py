@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
+from .frames import DEFAULT_COMPRESS_WINDOW_BITS, Compression
 from .handshake import OriginCheck, OriginPolicy, normalise_origin
 
 __all__ = ["HandshakeCallback", "ValidatorCallback", "WebSocketServer"]
@@ -46,6 +47,19 @@ def _origin_policy(allowed_origins: str | Iterable[str] | OriginCheck | None) ->
     return frozenset(normalise_origin(origin) for origin in origins)
 
 
+def _compression(compress: object, threshold: int | None, window_bits: int) -> Compression | None:
+    if compress is True or compress == "shared":
+        compression = Compression("shared", threshold=threshold, window_bits=window_bits)
+    elif compress == "dedicated":
+        compression = Compression("dedicated", threshold=threshold, window_bits=window_bits)
+    elif compress is False:
+        Compression(threshold=threshold, window_bits=window_bits)  # still check the values
+        return None
+    else:
+        raise ValueError(f"compress must be True, False or 'dedicated', not {compress!r}")
+    return compression
+
+
 def _results_tuple(value: object) -> tuple[Any, ...]:
     if value is None:
         return ()
@@ -73,8 +87,19 @@ class WebSocketServer:
     :param heartbeat: seconds between heartbeat rounds: a peer not heard from (no complete
         message, no pong) since the last round is pinged, and dropped (close code 1006) if no
         pong comes within half that time. It costs nothing per message. ``None`` turns it off.
-    :param compress: accept permessage-deflate when the client offers it. Compression runs on
-        the event loop: endpoints that send messages of many megabytes may want it off.
+    :param compress: accept permessage-deflate when the client offers it (browsers always do).
+        ``True`` (the default) is *shared* mode: no compressor is kept per connection, each
+        outgoing message is compressed on its own by a compressor the endpoint shares, and a
+        broadcast is compressed once for all shared-mode peers. ``"dedicated"``: a compressor
+        per connection, made on its first compressed message, that keeps its context across
+        messages (better ratios for streams of similar messages, about 29 KiB per connection at
+        12 bits). ``False``: never negotiated. Compression runs on the event loop.
+    :param compress_threshold: messages shorter than this many bytes go uncompressed. ``None``
+        is the mode's default, chosen by measurement: 128 in shared mode (a short message
+        compressed on its own saves little for ten times the CPU), 0 in dedicated mode (in
+        context, even short messages shrink by most of their size).
+    :param compress_window_bits: the window of a dedicated compressor, 9 to 15 bits (default
+        12); never more than the client allows.
     :param allowed_origins: ``None`` allows requests without ``Origin`` and same-origin requests
         (refusing cross-site WebSocket hijacking), ``"*"`` allows all, an iterable of origins
         allows exactly those, a callable ``(origin, request) -> bool`` decides (``origin`` is
@@ -85,7 +110,8 @@ class WebSocketServer:
         the peer's end of stream, a heartbeat timeout, a handler error, shutdown), the socket is
         dropped at most this many seconds later, whatever is still in its send buffer.
     :raises TypeError: a callback is not callable, or a setting has the wrong type.
-    :raises ValueError: a size or duration is not positive.
+    :raises ValueError: a size or duration is not positive, ``compress`` is not one of its
+        values, or ``compress_window_bits`` is outside 9-15.
     """
 
     def __init__(
@@ -96,7 +122,9 @@ class WebSocketServer:
         protocols: Iterable[str] = (),
         max_payload_size: int = 4 * MiB,
         heartbeat: float | None = 30.0,
-        compress: bool = True,
+        compress: bool | Literal["shared", "dedicated"] = True,
+        compress_threshold: int | None = None,
+        compress_window_bits: int = DEFAULT_COMPRESS_WINDOW_BITS,
         allowed_origins: str | Iterable[str] | OriginCheck | None = None,
         send_buffer_limit: int = 16 * MiB,
         close_timeout: float = 10.0,
@@ -114,7 +142,9 @@ class WebSocketServer:
         self.protocols = tuple(protocols)
         self.max_payload_size = max_payload_size
         self.heartbeat = heartbeat
-        self.compress = bool(compress)
+        self.compress = compress
+        self.compression = _compression(compress, compress_threshold, compress_window_bits)
+        """What compresses outgoing messages; ``None`` when ``compress`` is off."""
         self.allowed_origins = _origin_policy(allowed_origins)
         self.send_buffer_limit = send_buffer_limit
         self.close_timeout = close_timeout
