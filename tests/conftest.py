@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis_server import RedisServer
-from support import require_module, require_program
+from support import Recorder, require_module, require_program
 
 from aiohttp_wsapp import Connection, WebSocketApp
-
-TIMEOUT = 5.0
-"""How long a test waits for something that should happen at once."""
 
 
 class Endpoint:
@@ -62,53 +58,9 @@ def serve(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> Serve
     return serve
 
 
-class Recorder:
-    """Registers handlers on every connection and records what they see, for tests to await."""
-
-    def __init__(self) -> None:
-        self.connections: asyncio.Queue[Connection] = asyncio.Queue()
-        self.messages: asyncio.Queue[str | bytes] = asyncio.Queue()
-        self.errors: asyncio.Queue[BaseException] = asyncio.Queue()
-        self.finished: asyncio.Queue[Connection] = asyncio.Queue()
-        self.finish_count = 0
-
-    def on_establish(
-        self, conn: Connection, request: web.Request, results: tuple[Any, ...]
-    ) -> None:
-        """Record the connection and its events; echo nothing."""
-        conn.on(message=self._message, error=self._error, finish=self._finish)
-        self.connections.put_nowait(conn)
-
-    def _message(self, conn: Connection, message: str | bytes) -> None:
-        self.messages.put_nowait(message)
-
-    def _error(self, conn: Connection, exc: BaseException) -> None:
-        self.errors.put_nowait(exc)
-
-    def _finish(self, conn: Connection) -> None:
-        self.finish_count += 1
-        self.finished.put_nowait(conn)
-
-    async def connection(self) -> Connection:
-        """The next established connection."""
-        return await asyncio.wait_for(self.connections.get(), TIMEOUT)
-
-    async def message(self) -> str | bytes:
-        """The next message received by any connection."""
-        return await asyncio.wait_for(self.messages.get(), TIMEOUT)
-
-    async def finish(self) -> Connection:
-        """The next connection whose ``finish`` fired."""
-        return await asyncio.wait_for(self.finished.get(), TIMEOUT)
-
-    async def error(self) -> BaseException:
-        """The next exception reported through ``error``."""
-        return await asyncio.wait_for(self.errors.get(), TIMEOUT)
-
-
 @pytest.fixture
 def recorder() -> Recorder:
-    """A fresh :class:`Recorder`."""
+    """A fresh :class:`support.Recorder`, echoing nothing (set ``recorder.echo`` to echo)."""
     return Recorder()
 
 

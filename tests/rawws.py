@@ -7,10 +7,10 @@ server's HTTP response and frames. The parsers are sans-I/O functions; :class:`R
 bytes over asyncio streams, :func:`http_exchange_sync` over a blocking socket (for hypothesis,
 which drives a synchronous test function).
 
-The server side has what the reliability tests share: :func:`endpoint_app` mounts an endpoint as a
-user would, :class:`EndpointProbe` is an ``on_establish`` that records what the endpoint reports
-(connections, messages, errors, finishes), :func:`wait_for_tasks` and :func:`until` wait with a
-deadline, and :func:`log_problems` picks the log records that mean a traceback escaped.
+The reliability tests also share :func:`wait_for_tasks` and :func:`until`, which wait with a
+deadline, and :func:`log_problems`, which picks the log records that mean a traceback escaped. The
+endpoint they talk to is served by ``conftest.py``'s ``serve`` fixture at ``/websocket`` (the
+default path here), recorded by ``support.Recorder``; every read waits at most ``support.TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -28,17 +28,13 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict, CIMultiDictProxy
-
-from aiohttp_wsapp import Connection, WebSocketServer, create_app
+from support import TIMEOUT
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "QUIET_LOGGERS",
-    "EndpointProbe",
     "Frame",
     "HTTPResponse",
     "Opcode",
@@ -47,7 +43,6 @@ __all__ = [
     "address",
     "build_frame",
     "close_payload",
-    "endpoint_app",
     "handshake_headers",
     "http_exchange",
     "http_exchange_sync",
@@ -63,9 +58,6 @@ __all__ = [
     "until",
     "wait_for_tasks",
 ]
-
-DEFAULT_TIMEOUT = 5.0
-"""Seconds any single read waits before the test calls the server hung."""
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _HEAD_END = b"\r\n\r\n"
@@ -118,7 +110,7 @@ def http_request(
     headers: Iterable[tuple[str, str]],
     *,
     method: str = "GET",
-    path: str = "/ws",
+    path: str = "/websocket",
     http_version: str = "HTTP/1.1",
 ) -> bytes:
     """Return the bytes of an HTTP request head with exactly these header lines and no body."""
@@ -212,7 +204,7 @@ def parse_http_response(
 
 
 async def read_http_response(
-    reader: asyncio.StreamReader, *, head_request: bool = False, timeout: float = DEFAULT_TIMEOUT
+    reader: asyncio.StreamReader, *, head_request: bool = False, timeout: float = TIMEOUT
 ) -> tuple[HTTPResponse, bytes]:
     """Read one HTTP response; return it and the bytes that followed it in the same reads.
 
@@ -241,7 +233,7 @@ async def http_exchange(
     request: bytes,
     *,
     head_request: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = TIMEOUT,
 ) -> HTTPResponse:
     """Send raw ``request`` bytes on a new connection and return the response; then hang up."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -262,7 +254,7 @@ def http_exchange_sync(
     *,
     shutdown_write: bool = False,
     head_request: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = TIMEOUT,
 ) -> HTTPResponse | None:
     """Send raw ``request`` bytes over a blocking socket and return the response.
 
@@ -446,10 +438,10 @@ class RawWebSocket:
         cls,
         host: str,
         port: int,
-        path: str = "/ws",
+        path: str = "/websocket",
         *,
         headers: Sequence[tuple[str, str]] = (),
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float = TIMEOUT,
         receive_buffer: int | None = None,
     ) -> RawWebSocket:
         """Open a connection and perform a valid handshake, with ``headers`` added.
@@ -500,7 +492,7 @@ class RawWebSocket:
         """Write a close frame with ``code`` and ``reason``."""
         self.send_frame(Opcode.CLOSE, close_payload(code, reason))
 
-    async def read_frame(self, timeout: float = DEFAULT_TIMEOUT) -> Frame:
+    async def read_frame(self, timeout: float = TIMEOUT) -> Frame:
         """Return the next frame from the server; raise :class:`EOFError` if it closed first."""
         return await asyncio.wait_for(self._read_frame(), timeout)
 
@@ -517,21 +509,21 @@ class RawWebSocket:
                 raise EOFError(f"connection closed; {len(self._buffer)} bytes of a frame left")
             self._buffer += chunk
 
-    async def read_message(self, timeout: float = DEFAULT_TIMEOUT) -> Frame:
+    async def read_message(self, timeout: float = TIMEOUT) -> Frame:
         """Return the next data frame (text or binary), skipping pings and pongs."""
         while True:
             frame = await self.read_frame(timeout)
             if frame.opcode not in (Opcode.PING, Opcode.PONG):
                 return frame
 
-    async def read_close(self, timeout: float = DEFAULT_TIMEOUT) -> Frame:
+    async def read_close(self, timeout: float = TIMEOUT) -> Frame:
         """Return the server's close frame, skipping every frame before it."""
         while True:
             frame = await self.read_frame(timeout)
             if frame.opcode == Opcode.CLOSE:
                 return frame
 
-    async def wait_eof(self, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+    async def wait_eof(self, timeout: float = TIMEOUT) -> bytes:
         """Wait until the server closes the TCP connection; return what it sent meanwhile."""
 
         async def read_to_eof() -> bytes:
@@ -559,7 +551,7 @@ class RawWebSocket:
             await self.writer.wait_closed()
 
 
-async def until(predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
     """Wait until ``predicate()`` holds, checking every few milliseconds; fail at ``timeout``.
 
     For state that offers nothing to await (a transport going away, a counter reaching a value).
@@ -573,7 +565,7 @@ async def until(predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT)
 
 
 async def wait_for_tasks(
-    before: set[asyncio.Task[Any]], timeout: float = DEFAULT_TIMEOUT
+    before: set[asyncio.Task[Any]], timeout: float = TIMEOUT
 ) -> set[asyncio.Task[Any]]:
     """Wait until every task not in ``before`` (nor the current one) is done; return the rest.
 
@@ -591,82 +583,7 @@ async def wait_for_tasks(
         await asyncio.wait(pending, timeout=remaining)
 
 
-# --- the endpoint side ---------------------------------------------------------------------------
-
-
-class EndpointProbe:
-    """An ``on_establish`` callback that records what the endpoint reports, for assertions.
-
-    Each established connection gets a ``message`` handler (echoing when ``echo`` is true, without
-    awaiting the send, as the spec allows), an ``error`` handler and a ``finish`` handler. Futures
-    and events let a test wait for each report with a timeout instead of sleeping.
-    """
-
-    def __init__(self, *, echo: bool = True) -> None:
-        """Create the probe; it must be created inside the test's event loop."""
-        self.echo = echo
-        self.connections: list[Connection] = []
-        self.messages: list[str | bytes] = []
-        self.errors: list[tuple[Connection, Exception]] = []
-        self.finishes: list[Connection] = []
-        self._established = asyncio.Event()
-        self._error = asyncio.Event()
-        self._finished = asyncio.Event()
-
-    def __call__(self, conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
-        """Record ``conn`` and register the recording handlers on it."""
-        self.connections.append(conn)
-        conn.on("message", self._on_message)
-        conn.on("error", self._on_error)
-        conn.on("finish", self._on_finish)
-        self._established.set()
-
-    def _on_message(self, conn: Connection, message: str | bytes) -> None:
-        self.messages.append(message)
-        if self.echo:
-            conn.send(message)
-
-    def _on_error(self, conn: Connection, exc: Exception) -> None:
-        self.errors.append((conn, exc))
-        self._error.set()
-
-    def _on_finish(self, conn: Connection) -> None:
-        self.finishes.append(conn)
-        self._finished.set()
-
-    async def established(self, timeout: float = DEFAULT_TIMEOUT) -> Connection:
-        """Wait for the first connection and return it."""
-        await asyncio.wait_for(self._established.wait(), timeout)
-        return self.connections[0]
-
-    async def error(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[Connection, Exception]:
-        """Wait for the first ``error`` event and return its arguments."""
-        await asyncio.wait_for(self._error.wait(), timeout)
-        return self.errors[0]
-
-    async def finished(self, timeout: float = DEFAULT_TIMEOUT) -> Connection:
-        """Wait for the first ``finish`` event and return its connection."""
-        await asyncio.wait_for(self._finished.wait(), timeout)
-        return self.finishes[0]
-
-
-def endpoint_app(
-    on_establish: Callable[..., Any],
-    *,
-    on_error: Callable[[web.Request], Any] | None = None,
-    path: str = "/ws",
-    **server_options: Any,
-) -> web.Application:
-    """Return an application with the endpoint mounted at ``path``, as a user would mount it.
-
-    ``server_options`` go to :class:`aiohttp_wsapp.WebSocketServer`.
-    """
-    app = web.Application()
-    endpoint = create_app(
-        on_establish, on_error=on_error, websocket_server=WebSocketServer(**server_options)
-    )
-    app.add_subapp(path, endpoint)
-    return app
+# --- logs ----------------------------------------------------------------------------------------
 
 
 QUIET_LOGGERS = ("aiohttp_wsapp", "aiohttp", "asyncio")

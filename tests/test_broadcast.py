@@ -7,7 +7,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import TIMEOUT, Endpoint, Recorder, Serve
+from conftest import Endpoint, Serve
+from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import Connection
 

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from conftest import TIMEOUT, Recorder, Serve
+from conftest import Serve
+from support import TIMEOUT, Recorder
 from test_limits import open_raw_websocket
 
 from aiohttp_wsapp import Connection, ConnectionClosed, WebSocketServer

@@ -38,9 +38,8 @@ import aiohttp
 import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient
-from conftest import TIMEOUT
 from pytest_aiohttp import AiohttpClient, AiohttpServer
-from support import require_module, require_program
+from support import TIMEOUT, require_module, require_program
 
 import aiohttp_wsapp
 from aiohttp_wsapp import WSAPP_KEY, WebSocketApp

@@ -9,8 +9,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from conftest import TIMEOUT, Endpoint, Recorder, Serve, echo
+from conftest import Endpoint, Serve, echo
 from pytest_aiohttp import AiohttpClient
+from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import (
     ERROR_KEY,

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
-from conftest import TIMEOUT, Recorder, Serve
+from conftest import Serve
+from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import Connection
 

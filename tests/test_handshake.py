@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from conftest import Recorder, Serve
+from conftest import Serve
 from multidict import CIMultiDict
 from rawws import address, handshake_headers, http_exchange, http_request
+from support import Recorder
 
 from aiohttp_wsapp import ERROR_KEY, INVALID_REQUEST, WebSocketServer
 from aiohttp_wsapp.handshake import check_opening_handshake
@@ -139,7 +140,7 @@ async def test_repeated_headers_and_foreign_protocols_go_to_on_error(
 ) -> None:
     answer = await exchange(serve, recorder, extra, protocols=("chat",), allowed_origins="*")
     assert answer == ("400 None", [INVALID_REQUEST])
-    assert recorder.connections.empty()
+    assert recorder.connections == []
 
 
 async def test_a_protocol_offered_on_a_second_line_is_chosen(

@@ -20,12 +20,10 @@ import string
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from conftest import Serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pytest_aiohttp import AiohttpServer
 from rawws import (
-    DEFAULT_TIMEOUT,
-    EndpointProbe,
     Frame,
     Opcode,
     RawWebSocket,
@@ -33,7 +31,6 @@ from rawws import (
     address,
     build_frame,
     close_payload,
-    endpoint_app,
     handshake_headers,
     http_exchange,
     http_exchange_sync,
@@ -44,6 +41,7 @@ from rawws import (
     parse_http_response,
     until,
 )
+from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import ERROR_KEY, HANDSHAKE_ERROR_KEY, INVALID_REQUEST
 
@@ -60,15 +58,10 @@ def _no_error_logs(caplog: pytest.LogCaptureFixture) -> object:
 
 
 @pytest.fixture
-def probe() -> EndpointProbe:
-    """The endpoint's ``on_establish``: echoes, and records what happens."""
-    return EndpointProbe()
-
-
-@pytest.fixture
-async def server(aiohttp_server: AiohttpServer, probe: EndpointProbe) -> TestServer:
-    """The endpoint at ``/ws`` with the default ``on_error``."""
-    return await aiohttp_server(endpoint_app(probe))
+async def server(serve: Serve, recorder: Recorder) -> TestServer:
+    """The endpoint at ``/websocket`` with the default ``on_error``; ``recorder`` echoes."""
+    recorder.echo = True
+    return (await serve(recorder.on_establish)).server
 
 
 def without(headers: Headers, name: str) -> Headers:
@@ -123,7 +116,7 @@ def invalid_request(server: TestServer, case: str) -> tuple[str, Headers]:
 
 
 async def exchange(server: TestServer, method: str, headers: Headers) -> tuple[int, str, bytes]:
-    """Send one raw request to ``/ws``; return the status, ``Sec-WebSocket-Version`` and body."""
+    """Send one raw request; return the status, ``Sec-WebSocket-Version`` and body."""
     response = await http_exchange(
         *address(server),
         http_request(headers, method=method),
@@ -132,55 +125,55 @@ async def exchange(server: TestServer, method: str, headers: Headers) -> tuple[i
     return response.status, response.headers.get("Sec-WebSocket-Version", ""), response.body
 
 
-async def test_missing_upgrade_is_answered_400(server: TestServer, probe: EndpointProbe) -> None:
+async def test_missing_upgrade_is_answered_400(server: TestServer, recorder: Recorder) -> None:
     status, _, _ = await exchange(server, *invalid_request(server, "missing-upgrade"))
     assert status == 400
-    assert probe.connections == []
+    assert recorder.connections == []
 
 
 async def test_upgrade_to_another_protocol_is_answered_400(
-    server: TestServer, probe: EndpointProbe
+    server: TestServer, recorder: Recorder
 ) -> None:
     status, _, _ = await exchange(server, *invalid_request(server, "upgrade-h2c"))
     assert status == 400
-    assert probe.connections == []
+    assert recorder.connections == []
 
 
 @pytest.mark.parametrize("case", ["missing-connection", "connection-keep-alive"])
 async def test_missing_connection_upgrade_is_answered_400(
-    server: TestServer, probe: EndpointProbe, case: str
+    server: TestServer, recorder: Recorder, case: str
 ) -> None:
     status, _, _ = await exchange(server, *invalid_request(server, case))
     assert status == 400
-    assert probe.connections == []
+    assert recorder.connections == []
 
 
 @pytest.mark.parametrize("key", list(BAD_KEYS))
 async def test_bad_sec_websocket_key_is_answered_400(
-    server: TestServer, probe: EndpointProbe, key: str
+    server: TestServer, recorder: Recorder, key: str
 ) -> None:
     status, _, _ = await exchange(server, *invalid_request(server, f"key-{key}"))
     assert status == 400
-    assert probe.connections == []
+    assert recorder.connections == []
 
 
 @pytest.mark.parametrize("version", ["8", "7", "12", "14"])
 async def test_unsupported_version_is_answered_426_with_version_13(
-    server: TestServer, probe: EndpointProbe, version: str
+    server: TestServer, recorder: Recorder, version: str
 ) -> None:
     """RFC 6455 §4.4: the server names the version it speaks."""
     status, supported, _ = await exchange(server, *invalid_request(server, f"version-{version}"))
     assert (status, supported) == (426, "13")
-    assert probe.connections == []
+    assert recorder.connections == []
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
 async def test_method_other_than_get_is_answered_400(
-    server: TestServer, probe: EndpointProbe, method: str
+    server: TestServer, recorder: Recorder, method: str
 ) -> None:
     status, _, _ = await exchange(server, *invalid_request(server, f"method-{method}"))
     assert status == 400
-    assert probe.connections == []
+    assert recorder.connections == []
 
 
 INVALID_CASES = [
@@ -197,7 +190,7 @@ INVALID_CASES = [
 
 @pytest.mark.parametrize("case", INVALID_CASES)
 async def test_custom_on_error_sees_invalid_request_and_the_handshake_error(
-    aiohttp_server: AiohttpServer, probe: EndpointProbe, case: str
+    serve: Serve, recorder: Recorder, case: str
 ) -> None:
     seen: list[tuple[str, Exception | None]] = []
 
@@ -205,27 +198,27 @@ async def test_custom_on_error_sees_invalid_request_and_the_handshake_error(
         seen.append((request[ERROR_KEY], request.get(HANDSHAKE_ERROR_KEY)))
         return web.Response(status=418, text="custom answer")
 
-    server = await aiohttp_server(endpoint_app(probe, on_error=on_error))
+    server = (await serve(recorder.on_establish, on_error=on_error)).server
     status, _, body = await exchange(server, *invalid_request(server, case))
     assert (status, body) == (418, b"custom answer")
     assert len(seen) == 1
     error, handshake_error = seen[0]
     assert error == INVALID_REQUEST
     assert isinstance(handshake_error, Exception)
-    assert probe.connections == []
+    assert recorder.connections == []
 
 
 async def test_valid_handshake_after_invalid_ones_is_established(
-    server: TestServer, probe: EndpointProbe
+    server: TestServer, recorder: Recorder
 ) -> None:
     for case in INVALID_CASES:
         await exchange(server, *invalid_request(server, case))
     ws = await RawWebSocket.connect(*address(server))
-    await probe.established()
+    await recorder.connection()
     ws.send_text("hello")
     assert (await ws.read_message()).payload == b"hello"
     await ws.close_socket()
-    await probe.finished()
+    await recorder.finish()
 
 
 # --- the fuzz test -------------------------------------------------------------------------------
@@ -363,7 +356,7 @@ def truncated(draw: st.DrawFn) -> Attempt:
 @st.composite
 def garbage(draw: st.DrawFn) -> Attempt:
     """Bytes that are not HTTP, alone or after the start of a request line."""
-    prefix = draw(st.sampled_from([b"", b"GET ", b"GET /ws HTTP/1.1\r\n", b"\x16\x03\x01"]))
+    prefix = draw(st.sampled_from([b"", b"GET ", b"GET /websocket HTTP/1.1\r\n", b"\x16\x03\x01"]))
     data = prefix + draw(st.binary(min_size=1, max_size=256))
     return Attempt(data, may_close=True, shutdown_write=True)
 
@@ -401,7 +394,7 @@ def check_answer(attempt: Attempt, host: str, port: int) -> None:
 def echo_round_trip(host: str, port: int, text: str = "still serving") -> None:
     """Perform a valid handshake, have ``text`` echoed, and close properly, with blocking I/O."""
     key = make_key()
-    with socket.create_connection((host, port), timeout=DEFAULT_TIMEOUT) as sock:
+    with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
         sock.sendall(http_request(handshake_headers(f"{host}:{port}", key=key)))
         data = b""
         while (parsed := parse_http_response(data)) is None:
@@ -431,7 +424,7 @@ def echo_round_trip(host: str, port: int, text: str = "still serving") -> None:
 
 
 async def test_malformed_handshakes_never_hang_nor_crash_the_server(
-    server: TestServer, probe: EndpointProbe, caplog: pytest.LogCaptureFixture
+    server: TestServer, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     host, port = address(server)
 
@@ -450,5 +443,5 @@ async def test_malformed_handshakes_never_hang_nor_crash_the_server(
 
     await asyncio.to_thread(fuzz)
     # Every connection that was established (the odd but valid ones, the echo checks) finished.
-    await until(lambda: len(probe.finishes) == len(probe.connections))
-    assert len(probe.connections[0].app.connections) == 0
+    await until(lambda: len(recorder.finishes) == len(recorder.connections))
+    assert len(recorder.connections[0].app.connections) == 0

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import TIMEOUT, Endpoint, Recorder, Serve
+from conftest import Endpoint, Serve
 from rawws import Opcode, RawWebSocket, address, build_frame, close_payload, until
+from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import Connection, ConnectionClosed, ConnectionState, WebSocketServer
 

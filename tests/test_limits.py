@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
-from conftest import TIMEOUT, Endpoint, Recorder, Serve, echo
+from conftest import Endpoint, Serve, echo
 from pytest_aiohttp import AiohttpClient
+from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import ERROR_KEY, ORIGIN_NOT_ALLOWED, Connection, WebSocketApp, WebSocketServer
 

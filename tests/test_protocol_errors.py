@@ -15,21 +15,22 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from pytest_aiohttp import AiohttpServer
+from conftest import Serve
 from rawws import (
-    EndpointProbe,
     Opcode,
     RawWebSocket,
     address,
     build_frame,
     close_payload,
-    endpoint_app,
     log_problems,
     until,
     wait_for_tasks,
 )
+from support import Recorder
 
-ServeFunc = Callable[..., Awaitable[TestServer]]
+from aiohttp_wsapp import WebSocketServer
+
+Start = Callable[..., Awaitable[TestServer]]
 
 PROTOCOL_ERROR = 1002
 INVALID_TEXT = 1007
@@ -49,24 +50,22 @@ def _no_error_logs(caplog: pytest.LogCaptureFixture) -> Any:
 
 
 @pytest.fixture
-def probe() -> EndpointProbe:
-    """The endpoint's ``on_establish``, recording messages, errors and finishes."""
-    return EndpointProbe()
-
-
-@pytest.fixture
-def serve(aiohttp_server: AiohttpServer, probe: EndpointProbe) -> ServeFunc:
-    """Start the probed endpoint at ``/ws``; keyword arguments go to ``WebSocketServer``."""
+def start(serve: Serve, recorder: Recorder) -> Start:
+    """Start the endpoint, recorded by ``recorder`` and echoing; keyword arguments go to
+    ``WebSocketServer``."""
+    recorder.echo = True
 
     async def start(**server_options: Any) -> TestServer:
-        return await aiohttp_server(endpoint_app(probe, **server_options))
+        websocket_server = WebSocketServer(**server_options)
+        endpoint = await serve(recorder.on_establish, websocket_server=websocket_server)
+        return endpoint.server
 
     return start
 
 
 async def close_code_after(
     server: TestServer,
-    probe: EndpointProbe,
+    recorder: Recorder,
     frames: Sequence[bytes],
     *,
     headers: Sequence[tuple[str, str]] = (),
@@ -78,7 +77,7 @@ async def close_code_after(
     """
     ws = await RawWebSocket.connect(*address(server), headers=headers)
     try:
-        await probe.established()
+        await recorder.connection()
         for frame in frames:
             ws.send_raw(frame)
         close = await ws.read_close()
@@ -90,8 +89,8 @@ async def close_code_after(
 
 
 async def assert_closes_with(
-    serve: ServeFunc,
-    probe: EndpointProbe,
+    start: Start,
+    recorder: Recorder,
     frames: Sequence[bytes],
     code: int,
     *,
@@ -99,9 +98,9 @@ async def assert_closes_with(
     **server_options: Any,
 ) -> None:
     """Assert that ``frames`` make the server close with ``code``, on the wire and in ``conn``."""
-    server = await serve(**server_options)
-    assert await close_code_after(server, probe, frames, headers=headers) == code
-    conn = await probe.finished()
+    server = await start(**server_options)
+    assert await close_code_after(server, recorder, frames, headers=headers) == code
+    conn = await recorder.finish()
     assert conn.closed
     assert conn.close_code == code
 
@@ -126,43 +125,41 @@ def deflate(payload: bytes) -> bytes:
 # --- 1007: invalid UTF-8 -------------------------------------------------------------------------
 
 
-async def test_invalid_utf8_text_closes_with_1007(serve: ServeFunc, probe: EndpointProbe) -> None:
-    await assert_closes_with(serve, probe, [text(b"caf\xc3")], INVALID_TEXT)
+async def test_invalid_utf8_text_closes_with_1007(start: Start, recorder: Recorder) -> None:
+    await assert_closes_with(start, recorder, [text(b"caf\xc3")], INVALID_TEXT)
 
 
 async def test_invalid_utf8_split_across_fragments_closes_with_1007(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     frames = [text(b"ok \xf0\x9f", fin=False), build_frame(Opcode.CONTINUATION, b"\x28\x8c")]
-    await assert_closes_with(serve, probe, frames, INVALID_TEXT)
+    await assert_closes_with(start, recorder, frames, INVALID_TEXT)
 
 
-async def test_invalid_utf8_close_reason_closes_with_1007(
-    serve: ServeFunc, probe: EndpointProbe
-) -> None:
+async def test_invalid_utf8_close_reason_closes_with_1007(start: Start, recorder: Recorder) -> None:
     frames = [build_frame(Opcode.CLOSE, close_payload(1000, b"\xff\xfe"))]
-    await assert_closes_with(serve, probe, frames, INVALID_TEXT)
+    await assert_closes_with(start, recorder, frames, INVALID_TEXT)
 
 
 # --- 1009: too big -------------------------------------------------------------------------------
 
 
 async def test_message_larger_than_max_payload_size_closes_with_1009(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     frames = [binary(b"x" * (SMALL_LIMIT + 1))]
-    await assert_closes_with(serve, probe, frames, MESSAGE_TOO_BIG, max_payload_size=SMALL_LIMIT)
+    await assert_closes_with(start, recorder, frames, MESSAGE_TOO_BIG, max_payload_size=SMALL_LIMIT)
 
 
 async def test_text_message_larger_than_max_payload_size_closes_with_1009(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     frames = [text(b"x" * (SMALL_LIMIT + 1))]
-    await assert_closes_with(serve, probe, frames, MESSAGE_TOO_BIG, max_payload_size=SMALL_LIMIT)
+    await assert_closes_with(start, recorder, frames, MESSAGE_TOO_BIG, max_payload_size=SMALL_LIMIT)
 
 
 async def test_fragments_adding_up_past_max_payload_size_close_with_1009(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     third = SMALL_LIMIT // 3 + 1
     frames = [
@@ -170,26 +167,26 @@ async def test_fragments_adding_up_past_max_payload_size_close_with_1009(
         build_frame(Opcode.CONTINUATION, b"x" * third, fin=False),
         build_frame(Opcode.CONTINUATION, b"x" * third),
     ]
-    await assert_closes_with(serve, probe, frames, MESSAGE_TOO_BIG, max_payload_size=SMALL_LIMIT)
+    await assert_closes_with(start, recorder, frames, MESSAGE_TOO_BIG, max_payload_size=SMALL_LIMIT)
 
 
 async def test_announced_length_past_max_payload_size_closes_with_1009_before_the_payload(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     """The header alone is enough: the server does not wait for (or buffer) 1 TiB of payload."""
     frames = [build_frame(Opcode.BINARY, b"", length=1 << 40)]
-    await assert_closes_with(serve, probe, frames, MESSAGE_TOO_BIG, max_payload_size=SMALL_LIMIT)
+    await assert_closes_with(start, recorder, frames, MESSAGE_TOO_BIG, max_payload_size=SMALL_LIMIT)
 
 
 async def test_compressed_message_inflating_past_max_payload_size_closes_with_1009(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     """A deflate bomb: half a kilobyte on the wire, half a megabyte once inflated."""
     bomb = deflate(b"\x00" * (1 << 19))
     assert len(bomb) < SMALL_LIMIT
     await assert_closes_with(
-        serve,
-        probe,
+        start,
+        recorder,
         [binary(bomb, rsv1=True)],
         MESSAGE_TOO_BIG,
         headers=DEFLATE,
@@ -199,44 +196,44 @@ async def test_compressed_message_inflating_past_max_payload_size_closes_with_10
 
 
 async def test_message_of_exactly_max_payload_size_is_delivered(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     """Only a message *larger* than ``max_payload_size`` is refused (SPEC §3)."""
-    server = await serve(max_payload_size=SMALL_LIMIT)
+    server = await start(max_payload_size=SMALL_LIMIT)
     ws = await RawWebSocket.connect(*address(server))
     try:
-        await probe.established()
+        await recorder.connection()
         payload = b"x" * SMALL_LIMIT
         ws.send_raw(binary(payload))
         echo = await ws.read_message()
         assert (echo.opcode, echo.payload) == (Opcode.BINARY, payload)
-        assert probe.messages == [payload]
+        assert recorder.messages == [payload]
     finally:
         await ws.close_socket()
 
 
 async def test_compressed_message_one_byte_over_max_payload_size_closes_with_1009(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     frames = [binary(deflate(b"x" * (SMALL_LIMIT + 1)), rsv1=True)]
     await assert_closes_with(
-        serve, probe, frames, MESSAGE_TOO_BIG, headers=DEFLATE, max_payload_size=SMALL_LIMIT
+        start, recorder, frames, MESSAGE_TOO_BIG, headers=DEFLATE, max_payload_size=SMALL_LIMIT
     )
 
 
 async def test_compressed_message_of_exactly_max_payload_size_is_delivered(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
-    server = await serve(max_payload_size=SMALL_LIMIT, compress=True)
+    server = await start(max_payload_size=SMALL_LIMIT, compress=True)
     ws = await RawWebSocket.connect(*address(server), headers=DEFLATE)
     try:
         assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
-        await probe.established()
+        await recorder.connection()
         payload = b"x" * SMALL_LIMIT
         ws.send_raw(binary(deflate(payload), rsv1=True))
-        await until(lambda: bool(probe.messages))
-        assert probe.messages == [payload]
-        assert not probe.finishes
+        await until(lambda: bool(recorder.messages))
+        assert recorder.messages == [payload]
+        assert not recorder.finishes
     finally:
         await ws.close_socket()
 
@@ -246,60 +243,60 @@ async def test_compressed_message_of_exactly_max_payload_size_is_delivered(
 
 @pytest.mark.parametrize("rsv", ["rsv1", "rsv2", "rsv3"])
 async def test_reserved_bit_set_closes_with_1002(
-    serve: ServeFunc, probe: EndpointProbe, rsv: str
+    start: Start, recorder: Recorder, rsv: str
 ) -> None:
     """No extension was negotiated (the client offered none), so every RSV bit must be 0."""
     frames = [text(b"hello", **{rsv: True})]
-    await assert_closes_with(serve, probe, frames, PROTOCOL_ERROR)
+    await assert_closes_with(start, recorder, frames, PROTOCOL_ERROR)
 
 
 @pytest.mark.parametrize("opcode", [0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF])
 async def test_reserved_opcode_closes_with_1002(
-    serve: ServeFunc, probe: EndpointProbe, opcode: int
+    start: Start, recorder: Recorder, opcode: int
 ) -> None:
-    await assert_closes_with(serve, probe, [build_frame(opcode, b"?")], PROTOCOL_ERROR)
+    await assert_closes_with(start, recorder, [build_frame(opcode, b"?")], PROTOCOL_ERROR)
 
 
-async def test_fragmented_ping_closes_with_1002(serve: ServeFunc, probe: EndpointProbe) -> None:
+async def test_fragmented_ping_closes_with_1002(start: Start, recorder: Recorder) -> None:
     frames = [build_frame(Opcode.PING, b"ping", fin=False)]
-    await assert_closes_with(serve, probe, frames, PROTOCOL_ERROR)
+    await assert_closes_with(start, recorder, frames, PROTOCOL_ERROR)
 
 
 async def test_control_frame_over_125_bytes_closes_with_1002(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     frames = [build_frame(Opcode.PING, b"p" * 126)]
-    await assert_closes_with(serve, probe, frames, PROTOCOL_ERROR)
+    await assert_closes_with(start, recorder, frames, PROTOCOL_ERROR)
 
 
 async def test_continuation_without_a_started_message_closes_with_1002(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     frames = [build_frame(Opcode.CONTINUATION, b"orphan")]
-    await assert_closes_with(serve, probe, frames, PROTOCOL_ERROR)
+    await assert_closes_with(start, recorder, frames, PROTOCOL_ERROR)
 
 
 async def test_new_message_inside_a_fragmented_one_closes_with_1002(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     frames = [text(b"first half", fin=False), text(b"another message")]
-    await assert_closes_with(serve, probe, frames, PROTOCOL_ERROR)
+    await assert_closes_with(start, recorder, frames, PROTOCOL_ERROR)
 
 
 async def test_close_frame_with_a_one_byte_payload_closes_with_1002(
-    serve: ServeFunc, probe: EndpointProbe
+    start: Start, recorder: Recorder
 ) -> None:
     frames = [build_frame(Opcode.CLOSE, b"\x03")]
-    await assert_closes_with(serve, probe, frames, PROTOCOL_ERROR)
+    await assert_closes_with(start, recorder, frames, PROTOCOL_ERROR)
 
 
 @pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1015, 1016, 2999])
 async def test_close_frame_with_an_invalid_code_closes_with_1002(
-    serve: ServeFunc, probe: EndpointProbe, code: int
+    start: Start, recorder: Recorder, code: int
 ) -> None:
     """Codes below 3000 that RFC 6455 §7.4 does not define, or forbids on the wire."""
     frames = [build_frame(Opcode.CLOSE, close_payload(code))]
-    await assert_closes_with(serve, probe, frames, PROTOCOL_ERROR)
+    await assert_closes_with(start, recorder, frames, PROTOCOL_ERROR)
 
 
 @pytest.mark.xfail(
@@ -307,13 +304,11 @@ async def test_close_frame_with_an_invalid_code_closes_with_1002(
     "RFC 6455 §5.1 says the server MUST close the connection (SPEC.md is silent)",
     strict=False,
 )
-async def test_unmasked_client_frame_closes_with_1002(
-    serve: ServeFunc, probe: EndpointProbe
-) -> None:
-    server = await serve()
+async def test_unmasked_client_frame_closes_with_1002(start: Start, recorder: Recorder) -> None:
+    server = await start()
     ws = await RawWebSocket.connect(*address(server))
     try:
-        await probe.established()
+        await recorder.connection()
         ws.send_raw(text(b"unmasked", masked=False))
         reply = await ws.read_message()
         assert reply.opcode == Opcode.CLOSE, f"the unmasked frame was accepted: {reply}"
@@ -358,42 +353,41 @@ def broken_peer(request: pytest.FixtureRequest) -> BrokenPeer:
 
 
 async def test_protocol_error_fires_error_event_with_the_exception(
-    serve: ServeFunc, probe: EndpointProbe, broken_peer: BrokenPeer
+    start: Start, recorder: Recorder, broken_peer: BrokenPeer
 ) -> None:
-    server = await serve(**dict(broken_peer.server_options))
-    await close_code_after(server, probe, broken_peer.frames)
-    conn, exc = await probe.error()
-    assert conn is probe.connections[0]
+    server = await start(**dict(broken_peer.server_options))
+    await close_code_after(server, recorder, broken_peer.frames)
+    exc = await recorder.error()
     assert isinstance(exc, Exception)
-    await probe.finished()
-    assert len(probe.errors) == 1
+    await recorder.finish()
+    assert recorder.errors == [(recorder.connections[0], exc)]
 
 
 async def test_protocol_error_fires_finish_once(
-    serve: ServeFunc, probe: EndpointProbe, broken_peer: BrokenPeer
+    start: Start, recorder: Recorder, broken_peer: BrokenPeer
 ) -> None:
-    server = await serve(**dict(broken_peer.server_options))
+    server = await start(**dict(broken_peer.server_options))
     before = asyncio.all_tasks()
-    await close_code_after(server, probe, broken_peer.frames)
-    assert await probe.finished() is probe.connections[0]
+    await close_code_after(server, recorder, broken_peer.frames)
+    assert await recorder.finish() is recorder.connections[0]
     assert not await wait_for_tasks(before)
-    assert len(probe.finishes) == 1
+    assert len(recorder.finishes) == 1
 
 
 async def test_protocol_error_sets_conn_close_code(
-    serve: ServeFunc, probe: EndpointProbe, broken_peer: BrokenPeer
+    start: Start, recorder: Recorder, broken_peer: BrokenPeer
 ) -> None:
-    server = await serve(**dict(broken_peer.server_options))
-    await close_code_after(server, probe, broken_peer.frames)
-    conn = await probe.finished()
+    server = await start(**dict(broken_peer.server_options))
+    await close_code_after(server, recorder, broken_peer.frames)
+    conn = await recorder.finish()
     assert conn.close_code == broken_peer.code
 
 
 async def test_protocol_error_drops_the_connection_from_app_connections(
-    serve: ServeFunc, probe: EndpointProbe, broken_peer: BrokenPeer
+    start: Start, recorder: Recorder, broken_peer: BrokenPeer
 ) -> None:
-    server = await serve(**dict(broken_peer.server_options))
-    await close_code_after(server, probe, broken_peer.frames)
-    conn = await probe.finished()
+    server = await start(**dict(broken_peer.server_options))
+    await close_code_after(server, recorder, broken_peer.frames)
+    conn = await recorder.finish()
     assert conn not in conn.app.connections
     assert len(conn.app.connections) == 0

@@ -8,7 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import TIMEOUT, Endpoint, Serve
+from conftest import Endpoint, Serve
+from support import TIMEOUT
 from websockets.asyncio.client import connect as websockets_connect
 
 from aiohttp_wsapp import Connection

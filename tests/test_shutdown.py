@@ -8,7 +8,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from conftest import TIMEOUT, Recorder, Serve
+from conftest import Serve
+from support import TIMEOUT, Recorder
 from test_limits import handshake_headers, open_raw_websocket
 
 from aiohttp_wsapp import Connection, WebSocketServer

@@ -21,12 +21,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from rawws import (
-    DEFAULT_TIMEOUT,
-    EndpointProbe,
     Opcode,
     RawWebSocket,
     build_frame,
-    endpoint_app,
     handshake_headers,
     http_request,
     log_problems,
@@ -34,11 +31,12 @@ from rawws import (
     until,
     wait_for_tasks,
 )
+from support import TIMEOUT, Recorder
 
-from aiohttp_wsapp import Connection
+from aiohttp_wsapp import Connection, WebSocketApp, WebSocketServer
 
 Address = tuple[str, int]
-ServeFunc = Callable[..., Awaitable[Address]]
+Start = Callable[..., Awaitable[Address]]
 
 SHORT_CLOSE_TIMEOUT = 0.2
 """``close_timeout`` of the mid-close tests: far below the default 10 s, and below the waits."""
@@ -60,17 +58,22 @@ def handler_cancellation(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-async def serve(handler_cancellation: bool) -> AsyncIterator[ServeFunc]:
-    """Start an endpoint with this ``on_establish`` on a loopback port; return its address.
+async def start(handler_cancellation: bool, recorder: Recorder) -> AsyncIterator[Start]:
+    """Start an endpoint with this ``on_establish`` at ``/websocket`` on a loopback port; return
+    its address.
 
-    Keyword arguments go to :func:`rawws.endpoint_app` (and on to ``WebSocketServer``).
+    Keyword arguments go to ``WebSocketServer``. The ``recorder`` echoes. This is not the
+    ``serve`` fixture because aiohttp's test server always cancels handlers.
     """
+    recorder.echo = True
     runners: list[web.AppRunner] = []
 
     async def start(on_establish: Callable[..., Any], **options: Any) -> Address:
-        app = endpoint_app(on_establish, **options)
+        wsapp = WebSocketApp(on_establish, websocket_server=WebSocketServer(**options))
+        app = web.Application()
+        app.add_subapp("/websocket", wsapp.to_app())
         runner = web.AppRunner(
-            app, handler_cancellation=handler_cancellation, shutdown_timeout=DEFAULT_TIMEOUT
+            app, handler_cancellation=handler_cancellation, shutdown_timeout=TIMEOUT
         )
         runners.append(runner)
         await runner.setup()
@@ -82,12 +85,6 @@ async def serve(handler_cancellation: bool) -> AsyncIterator[ServeFunc]:
     yield start
     for runner in runners:
         await runner.cleanup()
-
-
-@pytest.fixture
-def probe() -> EndpointProbe:
-    """The endpoint's ``on_establish``, recording messages, errors and finishes."""
-    return EndpointProbe()
 
 
 async def vanish(writer: asyncio.StreamWriter, how: str) -> None:
@@ -112,33 +109,33 @@ PARTIAL_SENDS = {
 @pytest.mark.parametrize("how", ["fin", "reset"])
 @pytest.mark.parametrize("sent", list(PARTIAL_SENDS))
 async def test_finish_fires_once_when_peer_vanishes_mid_message(
-    serve: ServeFunc, probe: EndpointProbe, sent: str, how: str
+    start: Start, recorder: Recorder, sent: str, how: str
 ) -> None:
-    host, port = await serve(probe)
+    host, port = await start(recorder.on_establish)
     before = asyncio.all_tasks()
     ws = await RawWebSocket.connect(host, port)
-    conn = await probe.established()
+    conn = await recorder.connection()
     ws.send_raw(PARTIAL_SENDS[sent])
     await vanish(ws.writer, how)
-    assert await probe.finished() is conn
+    assert await recorder.finish() is conn
     assert not await wait_for_tasks(before)
-    assert probe.finishes == [conn]
+    assert recorder.finishes == [conn]
     assert conn.closed
     assert conn.close_code is not None
-    assert probe.messages == []
+    assert recorder.messages == []
 
 
 @pytest.mark.parametrize("how", ["fin", "reset"])
 async def test_peer_vanishing_mid_message_leaves_no_task_and_no_connection(
-    serve: ServeFunc, probe: EndpointProbe, how: str
+    start: Start, recorder: Recorder, how: str
 ) -> None:
-    host, port = await serve(probe)
+    host, port = await start(recorder.on_establish)
     before = asyncio.all_tasks()
     ws = await RawWebSocket.connect(host, port)
-    conn = await probe.established()
+    conn = await recorder.connection()
     ws.send_raw(PARTIAL_SENDS["half-a-payload"])
     await vanish(ws.writer, how)
-    await probe.finished()
+    await recorder.finish()
     leftover = await wait_for_tasks(before)
     assert not leftover, leftover
     assert len(conn.app.connections) == 0
@@ -146,9 +143,9 @@ async def test_peer_vanishing_mid_message_leaves_no_task_and_no_connection(
 
 @pytest.mark.parametrize("how", ["fin", "reset"])
 async def test_peer_vanishing_mid_request_establishes_nothing(
-    serve: ServeFunc, probe: EndpointProbe, how: str
+    start: Start, recorder: Recorder, how: str
 ) -> None:
-    host, port = await serve(probe)
+    host, port = await start(recorder.on_establish)
     before = asyncio.all_tasks()
     request = http_request(handshake_headers(f"{host}:{port}"))
     _, writer = await asyncio.open_connection(host, port)
@@ -157,20 +154,20 @@ async def test_peer_vanishing_mid_request_establishes_nothing(
     await vanish(writer, how)
     leftover = await wait_for_tasks(before)
     assert not leftover, leftover
-    assert probe.connections == []
+    assert recorder.connections == []
     # The endpoint still serves a whole client.
     ws = await RawWebSocket.connect(host, port)
-    await probe.established()
+    await recorder.connection()
     ws.send_text("still here")
     assert (await ws.read_message()).payload == b"still here"
     await ws.close_socket()
-    await probe.finished()
-    assert len(probe.finishes) == 1
+    await recorder.finish()
+    assert len(recorder.finishes) == 1
 
 
 @pytest.mark.parametrize("how", ["fin", "reset"])
 async def test_peer_vanishing_during_the_handshake_callback_is_never_half_established(
-    serve: ServeFunc, probe: EndpointProbe, how: str
+    start: Start, recorder: Recorder, how: str
 ) -> None:
     """The peer leaves while ``handshake`` runs: either nothing is established, or ``finish``
     fires once for what was (whichever the endpoint chooses, never an established connection
@@ -183,19 +180,19 @@ async def test_peer_vanishing_during_the_handshake_callback_is_never_half_establ
         await peer_gone.wait()
         await until(lambda: request.transport is None)
 
-    host, port = await serve(probe, handshake=handshake)
+    host, port = await start(recorder.on_establish, handshake=handshake)
     before = asyncio.all_tasks()
     request = http_request(handshake_headers(f"{host}:{port}"))
     _, writer = await asyncio.open_connection(host, port)
     writer.write(request)
-    await asyncio.wait_for(in_callback.wait(), DEFAULT_TIMEOUT)
+    await asyncio.wait_for(in_callback.wait(), TIMEOUT)
     await vanish(writer, how)
     peer_gone.set()
     leftover = await wait_for_tasks(before)
     assert not leftover, leftover
-    assert len(probe.connections) == len(probe.finishes)
-    assert probe.finishes == probe.connections
-    assert not any(c in c.app.connections for c in probe.connections)
+    assert len(recorder.connections) == len(recorder.finishes)
+    assert recorder.finishes == recorder.connections
+    assert not any(c in c.app.connections for c in recorder.connections)
 
 
 EstablishFunc = Callable[[Connection, web.Request, tuple[Any, ...]], None]
@@ -213,14 +210,14 @@ def closer(request: pytest.FixtureRequest) -> str:
     return how
 
 
-def closing_probe(probe: EndpointProbe, closer: str) -> EstablishFunc:
-    """An ``on_establish`` that lets ``probe`` record, then has the server close as ``closer``."""
+def closing(recorder: Recorder, closer: str) -> EstablishFunc:
+    """An ``on_establish``: ``recorder`` records, then the server closes as ``closer`` says."""
 
     async def close_on_message(conn: Connection, message: str | bytes) -> None:
         await conn.close(1000, "bye")
 
     def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
-        probe(conn, request, results)
+        recorder.on_establish(conn, request, results)
         if closer == "close-in-on-establish":
             conn.close(1000, "bye")
         else:
@@ -240,71 +237,71 @@ async def connect_and_get_closed(host: str, port: int, closer: str) -> RawWebSoc
 
 
 async def test_finish_fires_once_when_peer_never_answers_the_close_frame(
-    serve: ServeFunc, probe: EndpointProbe, closer: str
+    start: Start, recorder: Recorder, closer: str
 ) -> None:
-    host, port = await serve(closing_probe(probe, closer), close_timeout=SHORT_CLOSE_TIMEOUT)
+    host, port = await start(closing(recorder, closer), close_timeout=SHORT_CLOSE_TIMEOUT)
     before = asyncio.all_tasks()
     ws = await connect_and_get_closed(host, port, closer)
     # The peer stays connected and silent: only close_timeout can end the closing handshake.
-    conn = await probe.finished(timeout=SHORT_CLOSE_TIMEOUT + DEFAULT_TIMEOUT)
+    conn = await recorder.finish(timeout=SHORT_CLOSE_TIMEOUT + TIMEOUT)
     assert not await wait_for_tasks(before)
-    assert probe.finishes == [conn]
+    assert recorder.finishes == [conn]
     assert conn.closed
     await ws.close_socket()
 
 
 async def test_socket_is_dropped_when_peer_never_answers_the_close_frame(
-    serve: ServeFunc, probe: EndpointProbe, closer: str
+    start: Start, recorder: Recorder, closer: str
 ) -> None:
-    host, port = await serve(closing_probe(probe, closer), close_timeout=SHORT_CLOSE_TIMEOUT)
+    host, port = await start(closing(recorder, closer), close_timeout=SHORT_CLOSE_TIMEOUT)
     ws = await connect_and_get_closed(host, port, closer)
-    await ws.wait_eof(timeout=SHORT_CLOSE_TIMEOUT + DEFAULT_TIMEOUT)
-    await probe.finished()
+    await ws.wait_eof(timeout=SHORT_CLOSE_TIMEOUT + TIMEOUT)
+    await recorder.finish()
     await ws.close_socket()
 
 
 async def test_closing_handshake_waits_close_timeout_for_a_silent_peer(
-    serve: ServeFunc, probe: EndpointProbe, closer: str
+    start: Start, recorder: Recorder, closer: str
 ) -> None:
     """SPEC §3: ``close_timeout`` is how long the closing handshake waits for the peer's close
     frame before the socket is dropped; so the socket is not dropped much sooner."""
     close_timeout = 0.5
-    host, port = await serve(closing_probe(probe, closer), close_timeout=close_timeout)
+    host, port = await start(closing(recorder, closer), close_timeout=close_timeout)
     ws = await connect_and_get_closed(host, port, closer)
     loop = asyncio.get_running_loop()
     got_close_at = loop.time()
-    await ws.wait_eof(timeout=close_timeout + DEFAULT_TIMEOUT)
+    await ws.wait_eof(timeout=close_timeout + TIMEOUT)
     waited = loop.time() - got_close_at
     # The server started its clock just before its close frame left: allow for that.
     assert waited >= close_timeout * 0.8, f"the socket was dropped after {waited:.3f} s"
-    await probe.finished()
+    await recorder.finish()
     await ws.close_socket()
 
 
 async def test_closing_handshake_completes_when_peer_answers(
-    serve: ServeFunc, probe: EndpointProbe, closer: str
+    start: Start, recorder: Recorder, closer: str
 ) -> None:
-    host, port = await serve(closing_probe(probe, closer))  # the default close_timeout: 10 s
+    host, port = await start(closing(recorder, closer))  # the default close_timeout: 10 s
     before = asyncio.all_tasks()
     ws = await connect_and_get_closed(host, port, closer)
     ws.send_close(1000, "bye")
     await ws.wait_eof()
-    conn = await probe.finished()
+    conn = await recorder.finish()
     assert not await wait_for_tasks(before)
-    assert probe.finishes == [conn]
+    assert recorder.finishes == [conn]
     assert (conn.close_code, conn.close_reason) == (1000, "bye")
     await ws.close_socket()
 
 
 @pytest.mark.parametrize("how", ["fin", "reset"])
 async def test_finish_fires_once_when_peer_vanishes_instead_of_answering_the_close_frame(
-    serve: ServeFunc, probe: EndpointProbe, closer: str, how: str
+    start: Start, recorder: Recorder, closer: str, how: str
 ) -> None:
-    host, port = await serve(closing_probe(probe, closer))  # the default close_timeout: 10 s
+    host, port = await start(closing(recorder, closer))  # the default close_timeout: 10 s
     before = asyncio.all_tasks()
     ws = await connect_and_get_closed(host, port, closer)
     await vanish(ws.writer, how)
     # Long before close_timeout: the endpoint sees the peer go and does not wait for it.
-    conn = await probe.finished()
+    conn = await recorder.finish()
     assert not await wait_for_tasks(before)
-    assert probe.finishes == [conn]
+    assert recorder.finishes == [conn]
