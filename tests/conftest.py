@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis_server import RedisServer
-from support import Recorder, require_module, require_program
+from support import BROWSER_TIMEOUT, Recorder, require_module, require_program
 
 from aiohttp_wsapp import Connection, WebSocketApp
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 
 class Endpoint:
@@ -81,3 +84,31 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, closed after the test with all its pages."""
+    chromium = require_program("chromium", "apt-get install chromium")
+    require_module("playwright", "pip install playwright")
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=BROWSER_TIMEOUT * 1000)
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()

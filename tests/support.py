@@ -21,6 +21,8 @@ __all__ = ["REQUIRE_ALL", "TIMEOUT", "Recorder", "require_module", "require_prog
 
 TIMEOUT = 5.0
 """How long a test waits for something that should happen at once: an event, a frame, a read."""
+BROWSER_TIMEOUT = 2 * TIMEOUT
+"""How long a test waits for a headless browser, which starts and renders slowly."""
 
 REQUIRE_ALL = os.environ.get("AIOHTTP_WSAPP_REQUIRE_ALL") == "1"
 """Set by ``.ci/run``: a test whose program is missing fails instead of skipping."""

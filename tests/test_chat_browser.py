@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,26 +19,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis_server import RedisServer
-from support import require_module, require_program
+from support import BROWSER_TIMEOUT
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Locator, Page
 
 CHAT_SERVER = Path(__file__).resolve().parents[1] / "examples" / "chat" / "server.py"
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
-TIMEOUT = 10.0
-"""Seconds any single wait may take: generous, for a loaded CI machine."""
+TIMEOUT = BROWSER_TIMEOUT
 
 
 def _load_make_app() -> Callable[[str | None], web.Application]:
@@ -133,22 +122,6 @@ async def test_rooms_are_shared_across_processes_through_redis(
 
 
 # --- the page, in headless Chromium ------------------------------------------------------------
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, closed after the test with all its pages."""
-    chromium = require_program("chromium", "apt-get install chromium")
-    require_module("playwright", "pip install playwright")
-    from playwright.async_api import async_playwright, expect
-
-    expect.set_options(timeout=TIMEOUT * 1000)
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @pytest.fixture
