@@ -245,7 +245,8 @@ class WebSocketApp:
         no other: frames are written without waiting, and a peer whose unsent data passes its
         ``send_buffer_limit`` is dropped.
 
-        With a broker, the broadcast goes through it to every process that shares it.
+        With a broker, the broadcast goes through it to every process that shares it. Either
+        way, awaiting it lets other tasks run: a loop of broadcasts does not hold the event loop.
 
         :raises TypeError: ``data`` is neither ``str`` nor ``bytes``.
         :raises BrokerError: the broker cannot deliver it.
@@ -257,6 +258,7 @@ class WebSocketApp:
         message = Broadcast(data, group, _connection_ids(exclude))
         if self._broker is None:
             self.deliver(message)
+            await asyncio.sleep(0)  # as an awaited call would, when it had to wait
         else:
             await self._broker.publish(message)
 

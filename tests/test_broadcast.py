@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -137,3 +139,21 @@ async def test_broadcast_from_a_message_handler(serve: Serve, recorder: Recorder
         await recorder.connection()
         await speaker.send_str("hello all")
         assert await listener.receive_str(timeout=TIMEOUT) == "hello all"
+
+
+async def test_an_awaited_broadcast_lets_other_tasks_run(endpoint: Endpoint) -> None:
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    for _ in range(10):
+        await endpoint.wsapp.broadcast("to nobody")
+    ticker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticker
+    assert ticks >= 9  # once per broadcast, give or take the first
