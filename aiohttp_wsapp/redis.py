@@ -8,11 +8,15 @@ broadcast made in any of them reaches the connections of all of them::
 
     app = create_app(on_establish, broker=RedisBroker("redis://localhost:6379/0"))
 
-Install it with the ``redis`` extra: ``pip install aiohttp-wsapp[redis]``.
+Install it with the ``redis`` extra: ``pip install aiohttp-wsapp[redis]``, or the ``hiredis``
+extra, which also brings redis-py's parser in C: ``pip install aiohttp-wsapp[hiredis]``.
 
 Channels: ``{prefix}:all`` carries the broadcasts to every connection, ``{prefix}:group:{name}``
-those to the group ``name``. A process listens to ``{prefix}:all`` while it runs, and to a group's
-channel only while it has a member in that group.
+those to the group ``name``. In the prefix, ``%`` is written ``%25`` and ``:`` is written ``%3A``,
+so the first ``:`` of a channel name ends its prefix and no two prefixes share a channel
+(``app:group``'s broadcasts to everyone go to ``app%3Agroup:all``, not to the channel of
+``app``'s group ``all``, ``app:group:all``). A process listens to ``{prefix}:all`` while it runs,
+and to a group's channel only while it has a member in that group.
 
 Delivery guarantee: Redis pub/sub delivers *at most once*. A broadcast published while a process
 is disconnected from Redis is lost for that process: it is not replayed when the broker
@@ -25,16 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import struct
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -60,6 +65,8 @@ _FIRST_RETRY_DELAY: Final = 0.1
 _MAX_RETRY_DELAY: Final = 5.0
 _ANSWER_TIMEOUT: Final = 5.0
 """How long connecting, subscribing or publishing may take before the connection counts as lost."""
+_YIELD_EVERY: Final = 64
+"""The subscriber lets the event loop run other tasks after this many replies in a row."""
 
 # One message on a channel: a header, the ids of the excluded connections, then the payload as it
 # is. The group is not in the message: it is the channel's.
@@ -72,6 +79,10 @@ _TEXT: Final = 1
 _BINARY: Final = 2
 
 
+_Outbox = list[tuple[bytes, bytes, "asyncio.Future[None]"]]
+"""Broadcasts waiting to be published: (channel, message, settled once published)."""
+
+
 class RedisBroker(Broker):
     """Carries every broadcast through Redis pub/sub to the processes that share ``url``.
 
@@ -79,7 +90,8 @@ class RedisBroker(Broker):
         ``rediss://…`` (TLS) or ``unix:///path/to/socket``.
     :param prefix: the start of every channel name. Processes with the same Redis and prefix share
         their broadcasts; another prefix is another, separate set of endpoints.
-    :raises ValueError: ``url`` is not a Redis URL, or ``prefix`` is empty.
+    :raises ValueError: ``url`` is not a Redis URL, asks for RESP3 (``protocol=3``), or
+        ``prefix`` is empty.
 
     The broker connects when the application starts (and the startup fails with
     :class:`BrokerError` if Redis cannot be reached) and disconnects when it stops. If the
@@ -88,6 +100,10 @@ class RedisBroker(Broker):
     attempt, up to 5 s, and subscribes again to every channel this process needs. Connections
     of this process are served as before meanwhile, but the broadcasts made by other processes
     during that time are lost for this one (at most once, as Redis pub/sub).
+
+    Each process holds two connections to Redis: one subscribed to its channels, one that
+    publishes. With the ``hiredis`` extra (``pip install aiohttp-wsapp[hiredis]``), redis-py
+    parses Redis's replies in C, which halves the CPU time a broadcast costs.
     """
 
     # A PING goes out on a subscription silent for this long; silent as long again, it is lost.
@@ -96,7 +112,10 @@ class RedisBroker(Broker):
     def __init__(self, url: str, *, prefix: str = "aiohttp_wsapp") -> None:
         if not isinstance(url, str):
             raise TypeError("url must be a str such as 'redis://localhost:6379/0'")
-        parse_url(url)  # raises ValueError for a URL that is not Redis's
+        # parse_url raises ValueError for a URL that is not Redis's.
+        if parse_url(url).get("protocol", 2) != 2:
+            # _receive reads RESP2's pub/sub replies; RESP3 would bring nothing to a broker.
+            raise ValueError("RedisBroker speaks RESP2: leave protocol=3 out of the url")
         if not isinstance(prefix, str):
             raise TypeError("prefix must be a str")
         if not prefix:
@@ -104,10 +123,10 @@ class RedisBroker(Broker):
         self._url = url
         self._safe_url = _without_password(url)
         self._prefix = prefix
-        self._all_channel = f"{prefix}:all".encode()
-        self._group_channel_prefix = f"{prefix}:group:".encode()
+        self._channels = _Channels(prefix)
         self._client: Redis | None = None
         self._task: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
         self._deliver: Deliver | None = None
         self._connected = False
         # Groups with a member here, and the changes of that set still to send to Redis.
@@ -118,6 +137,11 @@ class RedisBroker(Broker):
         self._requested = 0
         self._answered = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        # Broadcasts waiting for _publish_outbox: (channel, message, settled when published).
+        self._outbox: _Outbox = []
+        self._outbox_filled = asyncio.Event()
+        # Set by _receive on every reply, cleared by _watch at every look.
+        self._heard = False
 
     @property
     def url(self) -> str:
@@ -148,6 +172,7 @@ class RedisBroker(Broker):
             socket_timeout=None,
             # No retry inside redis-py: a lost connection surfaces here, and _run reconnects.
             retry=Retry(NoBackoff(), 0),
+            protocol=2,  # _receive reads RESP2; recent redis-py speaks RESP3 by default
         )
         try:
             pubsub = await self._subscribe()
@@ -159,18 +184,29 @@ class RedisBroker(Broker):
                     f"cannot connect to Redis at {self._safe_url}: {_reason(exc)}"
                 ) from exc
             raise
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(pubsub), name=f"RedisBroker {self._safe_url}"
+        loop = asyncio.get_running_loop()
+        self._outbox_filled = asyncio.Event()  # of this loop
+        self._task = loop.create_task(self._run(pubsub), name=f"RedisBroker {self._safe_url}")
+        self._publisher = loop.create_task(
+            self._publish_outbox(), name=f"RedisBroker {self._safe_url} publisher"
         )
 
     async def stop(self) -> None:
-        """Stop listening, close the connections to Redis, and wait until that is done."""
-        task, self._task = self._task, None
-        if task is not None:
+        """Stop listening, close the connections to Redis, and wait until that is done.
+
+        Broadcasts still waiting to be published raise :class:`BrokerError`.
+        """
+        tasks = [task for task in (self._task, self._publisher) if task is not None]
+        self._task = self._publisher = None
+        for task in tasks:
             task.cancel()
-            await asyncio.wait((task,))
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 logger.error("the Redis broker failed", exc_info=task.exception())
+        outbox, self._outbox = self._outbox, []
+        _fail(outbox, f"the broker of {self._safe_url} stopped")
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -186,6 +222,10 @@ class RedisBroker(Broker):
         connection at all, here or elsewhere. The price is a round trip to Redis before the
         connections of this process get it.
 
+        Broadcasts go out in the order of the calls, on one connection: those made while
+        earlier ones are on their way to Redis go together in the next write, so that a busy
+        process pays one round trip for many of them.
+
         A process that has just joined a group is subscribed to its channel before its own
         broadcasts go out: ``conn.join("room")`` then ``broadcast(..., group="room")`` reaches
         ``conn``.
@@ -197,13 +237,10 @@ class RedisBroker(Broker):
             raise BrokerError(f"not connected to Redis at {self._safe_url}")
         if self._answered < self._requested:
             await self._subscriptions_settled(self._requested)
-        try:
-            async with timeout(_ANSWER_TIMEOUT):
-                await client.publish(self._channel(broadcast.group), _encode(broadcast))
-        except _LOST as exc:
-            raise BrokerError(
-                f"cannot publish to Redis at {self._safe_url}: {_reason(exc)}"
-            ) from exc
+        published = asyncio.get_running_loop().create_future()
+        self._outbox.append((self._channels.of(broadcast.group), _encode(broadcast), published))
+        self._outbox_filled.set()
+        await published
 
     def group_joined(self, group: str) -> None:
         """Subscribe to the channel of ``group``, which has its first member in this process."""
@@ -217,11 +254,6 @@ class RedisBroker(Broker):
 
     # -- subscriptions ----------------------------------------------------------------------
 
-    def _channel(self, group: str | None) -> bytes:
-        if group is None:
-            return self._all_channel
-        return self._group_channel_prefix + group.encode("utf-8", "surrogatepass")
-
     def _request(self, subscribe: bool, group: str) -> None:
         # The hooks are synchronous: the change waits in a queue for _apply_changes, which sends
         # the changes in the order they were made.
@@ -234,7 +266,7 @@ class RedisBroker(Broker):
         # This subscription covers every change made so far; later ones queue for _apply_changes.
         self._changes = asyncio.Queue()
         requested = self._requested
-        channels = [self._all_channel, *map(self._channel, self._groups)]
+        channels = [self._channels.all, *map(self._channels.of, self._groups)]
         pubsub = self._client.pubsub()
         try:
             async with timeout(_ANSWER_TIMEOUT):
@@ -315,6 +347,7 @@ class RedisBroker(Broker):
         tasks = (
             loop.create_task(self._receive(pubsub)),
             loop.create_task(self._apply_changes(pubsub)),
+            loop.create_task(self._watch(pubsub)),
         )
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -330,38 +363,51 @@ class RedisBroker(Broker):
     async def _receive(self, pubsub: PubSub) -> None:
         """Deliver every broadcast ``pubsub`` receives, and count the answers to changes.
 
-        A subscription silent for ``_ping_interval`` gets a PING; if it stays silent as long
-        again, Redis is gone (a host that vanished sends no reset).
+        The replies are read from the connection itself, past redis-py's ``get_message``: the
+        replies already received are read one after the other without waiting, and a reply
+        costs no timer (``_watch`` notices a silent Redis).
         """
         deliver = self._deliver
+        connection = pubsub.connection
         assert deliver is not None
-        interval = self._ping_interval
-        loop = asyncio.get_running_loop()
-        last_heard = loop.time()
-        pinged = False
-        while True:
-            message: dict[str, Any] | None = await pubsub.get_message(timeout=interval)
-            if message is None:
-                if loop.time() - last_heard < interval:
-                    continue
-                if pinged:
-                    raise RedisTimeoutError(f"Redis did not answer a PING within {interval:g} s")
-                await pubsub.ping()
-                pinged = True
-                last_heard = loop.time()
-                continue
-            last_heard = loop.time()
-            pinged = False
-            kind = message["type"]
-            if kind == "message":
-                broadcast = self._decode(message["channel"], message["data"])
+        assert connection is not None
+        read = connection.read_response
+        for received in itertools.count(1):
+            # In RESP2: [b"message", channel, data], [b"(un)subscribe", channel, count], ...
+            reply = await read(disable_decoding=True)
+            self._heard = True
+            if received % _YIELD_EVERY == 0:
+                # A read that finds its reply already received does not yield to the loop:
+                # without this, a backlog would hold it for as long as its delivery takes.
+                await asyncio.sleep(0)
+            kind = reply[0]
+            if kind == b"message":
+                broadcast = self._decode(reply[1], reply[2])
                 if broadcast is not None:
                     try:
                         deliver(broadcast)
                     except Exception:
                         logger.exception("delivering a broadcast failed")
-            elif kind in ("subscribe", "unsubscribe"):
+            elif kind in (b"subscribe", b"unsubscribe"):
                 self._answer()
+
+    async def _watch(self, pubsub: PubSub) -> None:
+        """PING a subscription silent for ``_ping_interval``; silent as long again, it is lost.
+
+        A host that vanished sends no reset: without the PING, ``_receive`` would wait forever.
+        """
+        interval = self._ping_interval
+        pinged = False
+        while True:
+            self._heard = False
+            await asyncio.sleep(interval)
+            if self._heard:
+                pinged = False
+            elif pinged:
+                raise RedisTimeoutError(f"Redis did not answer a PING within {interval:g} s")
+            else:
+                await pubsub.ping()
+                pinged = True
 
     async def _apply_changes(self, pubsub: PubSub) -> None:
         """Send the subscription changes, in the order they were made."""
@@ -369,23 +415,105 @@ class RedisBroker(Broker):
         while True:
             subscribe, group = await changes.get()
             if subscribe:
-                await pubsub.subscribe(self._channel(group))
+                await pubsub.subscribe(self._channels.of(group))
             else:
-                await pubsub.unsubscribe(self._channel(group))
+                await pubsub.unsubscribe(self._channels.of(group))
+
+    # -- the publisher's task ----------------------------------------------------------------
+
+    async def _publish_outbox(self) -> None:
+        """Publish the broadcasts of the outbox in order: all those waiting at once.
+
+        One batch is on its way at a time, on a connection of its own, and the broadcasts made
+        meanwhile wait for the next: a quiet process publishes each at once, a busy one many
+        per round trip.
+        """
+        assert self._client is not None
+        # Outside the pool: the pool's get and release would cost as much as a PUBLISH.
+        make: Callable[[], AbstractConnection] = self._client.connection_pool.make_connection
+        connection = make()
+        try:
+            while True:
+                await self._outbox_filled.wait()
+                self._outbox_filled.clear()
+                batch, self._outbox = self._outbox, []
+                batch = [entry for entry in batch if not entry[2].done()]  # not cancelled
+                if batch:
+                    await self._publish_batch(connection, batch)
+        finally:
+            await connection.disconnect()
+
+    async def _publish_batch(self, connection: AbstractConnection, batch: _Outbox) -> None:
+        """Send ``batch`` as PUBLISH commands in one write, read the replies, settle each."""
+        commands: list[bytes] = []
+        for channel, message, _ in batch:
+            commands += (_publish_command(channel, len(message)), message, b"\r\n")
+        try:
+            async with timeout(_ANSWER_TIMEOUT):
+                # Connects first if need be (after a failure).
+                await connection.send_packed_command(commands, check_health=False)
+                for _ in batch:
+                    await connection.read_response()
+        except BaseException as exc:
+            # A reply of this batch may still be on its way: the next batch must not read it.
+            await connection.disconnect()
+            if not isinstance(exc, Exception):
+                _fail(batch, f"the broker of {self._safe_url} stopped")
+                raise  # cancelled by stop()
+            if not isinstance(exc, _LOST):
+                logger.exception("publishing to Redis failed")
+            _fail(batch, f"cannot publish to Redis at {self._safe_url}: {_reason(exc)}", exc)
+        else:
+            for _, _, published in batch:
+                if not published.done():
+                    published.set_result(None)
 
     def _decode(self, channel: bytes, message: bytes) -> Broadcast | None:
-        if channel == self._all_channel:
-            group = None
-        elif channel.startswith(self._group_channel_prefix):
-            name = channel[len(self._group_channel_prefix) :]
-            group = name.decode("utf-8", "surrogatepass")
-        else:
-            return None
+        """The broadcast that ``message`` on ``channel`` carries; ``None`` for one to ignore."""
+        try:
+            group = self._channels.group(channel)
+        except ValueError:
+            return None  # not a channel of this prefix: nothing subscribes to one
         try:
             return _decode(message, group)
         except ValueError as exc:
             logger.warning("ignored a malformed message on Redis channel %r: %s", channel, exc)
             return None
+
+
+class _Channels:
+    """The channel names of one prefix, and the group that each of them carries.
+
+    ``{prefix}:all`` for everyone, ``{prefix}:group:{name}`` for a group, with ``%`` and ``:``
+    percent-encoded in the prefix: the first ``:`` ends it, so a channel name tells its prefix
+    and group apart, and different (prefix, group) pairs never share a channel. A prefix without
+    ``%`` or ``:`` (the default) is written as it is. Names are the UTF-8 bytes of the strings,
+    lone surrogates included (``surrogatepass``), as Redis channels are byte strings.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        base = _utf8(prefix).replace(b"%", b"%25").replace(b":", b"%3A")
+        self.all: Final = base + b":all"
+        self._group_start: Final = base + b":group:"
+
+    def of(self, group: str | None) -> bytes:
+        """The channel of ``group``, or of everyone for ``None``."""
+        return self.all if group is None else self._group_start + _utf8(group)
+
+    def group(self, channel: bytes) -> str | None:
+        """The group that ``channel`` carries (``None``: everyone).
+
+        :raises ValueError: ``channel`` is not one of this prefix.
+        """
+        if channel == self.all:
+            return None
+        if channel.startswith(self._group_start):
+            return channel[len(self._group_start) :].decode("utf-8", "surrogatepass")
+        raise ValueError(f"not a channel of this prefix: {channel!r}")
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _encode(broadcast: Broadcast) -> bytes:
@@ -423,6 +551,24 @@ def _decode(message: bytes, group: str | None) -> Broadcast:
     payload = message[position:]
     data: str | bytes = payload.decode() if kind == _TEXT else payload
     return Broadcast(data, group, frozenset(exclude))
+
+
+def _publish_command(channel: bytes, length: int) -> bytes:
+    """``PUBLISH channel message`` in RESP, up to the message's own bytes."""
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n" % (len(channel), channel, length)
+
+
+def _fail(
+    outbox: _Outbox,
+    reason: str,
+    cause: BaseException | None = None,
+) -> None:
+    """Make every broadcast of ``outbox`` still waiting raise ``BrokerError(reason)``."""
+    for _, _, published in outbox:
+        if not published.done():
+            error = BrokerError(reason)
+            error.__cause__ = cause
+            published.set_exception(error)
 
 
 def _reason(exc: BaseException) -> str:

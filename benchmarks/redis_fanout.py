@@ -1,10 +1,35 @@
-"""Fan-out latency of one broadcast: two processes through Redis, against one process alone.
+"""Broadcasts through Redis: the broker's throughput, and the fan-out latency of one broadcast.
 
-Run with ``python benchmarks/redis_fanout.py`` (``--quick`` for a smoke run). It needs
-``redis-server`` on the PATH (``apt-get install redis-server``) and the ``redis`` extra, starts
-its own Redis on a free loopback port, and prints a markdown table.
+Run with ``python benchmarks/redis_fanout.py`` (``--quick`` for a smoke run;
+``--scenarios throughput`` or ``--scenarios fanout`` for one part). It needs ``redis-server`` on
+the PATH (``apt-get install redis-server``) and the ``redis`` extra (the ``hiredis`` extra for
+the rows that use hiredis), starts its own Redis on a free loopback port, and prints markdown
+tables.
 
-Scenarios, each with the same number of client connections:
+**Throughput** (issue 15): one process with an endpoint and no client connections, in which
+``--publishers`` tasks (50) each ``await wsapp.broadcast(...)`` of a 100-byte text one after
+the other, ``--broadcasts`` in all; a broadcast counts when the process has delivered it (with
+Redis: when it came back from Redis). The publishers stand for the handlers of many client
+connections: with one broadcast in flight per publisher, the rate is bounded by their number
+over the round trip to Redis, so ``--publishers 200`` shows more of what the broker can do
+(0.1's pooled ``PUBLISH`` fails past 100, the size of redis-py's pool). The table gives
+broadcasts per second (first call to last delivery) and the process's CPU time (user + system)
+per broadcast, the median of ``--repeat`` runs, each in a fresh process; runs of the variants
+alternate, so that the drift of a shared machine hits all of them alike. With ``taskset``, the
+process runs on core 0 and Redis on core 1. Rows:
+
+- *local delivery*: no broker, the reference;
+- *RedisBroker as in 0.1*: a pooled ``PUBLISH`` per broadcast, ``get_message`` per message,
+  redis-py's pure-Python parser;
+- one row per lever on top of that, alone: ``+hiredis`` (the ``hiredis`` extra), ``+read``
+  (the subscriber reads straight from its connection, every message already received at each
+  wake-up, with no timer per message), ``+pipeline`` (the broadcasts made while others are on
+  their way go out together on one connection);
+- *RedisBroker*, as it is now, with every lever, and without hiredis;
+- the same with its batches sent through redis-py's ``Pipeline`` (a pooled connection and
+  redis-py's command packing each time) rather than on its own connection: what that saves.
+
+**Fan-out**, each scenario with the same number of client connections:
 
 - *one process*: one endpoint process without a broker holds every connection;
 - *two processes + Redis*: two endpoint processes with a ``RedisBroker`` on the same Redis hold
@@ -23,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib.util
 import os
 import resource
 import shutil
@@ -87,6 +113,251 @@ def serve(port: int, redis_url: str | None) -> None:
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+# -- throughput of the broker path ---------------------------------------------------------------
+
+LEVERS = ("hiredis", "read", "pipeline")
+"""What makes ``RedisBroker`` fast, each of which the throughput scenario can leave out."""
+
+
+@dataclass
+class Variant:
+    """One row of the throughput table: local delivery (no ``redis``), or a broker's levers."""
+
+    name: str
+    redis: bool
+    levers: tuple[str, ...] = ()
+
+
+VARIANTS = (
+    Variant("local delivery (no broker)", redis=False),
+    Variant("RedisBroker as in 0.1", redis=True),
+    Variant("+hiredis", redis=True, levers=("hiredis",)),
+    Variant("+read", redis=True, levers=("read",)),
+    Variant("+pipeline", redis=True, levers=("pipeline",)),
+    Variant("RedisBroker, pure-Python parser", redis=True, levers=("read", "pipeline")),
+    Variant("RedisBroker (with hiredis)", redis=True, levers=LEVERS),
+    Variant(
+        "RedisBroker (with hiredis), batches through redis-py's Pipeline",
+        redis=True,
+        levers=(*LEVERS, "redis-py-pipeline"),
+    ),
+)
+
+
+def throughput_worker(
+    redis_url: str | None, levers: Sequence[str], broadcasts: int, publishers: int
+) -> None:
+    """Measure one variant in this process; print ``broadcasts/s CPU-µs-per-broadcast``."""
+    if "hiredis" not in levers:
+        sys.modules["hiredis"] = None  # type: ignore[assignment]  # redis-py sees none
+    from aiohttp_wsapp import WebSocketApp
+    from aiohttp_wsapp.broker import Broadcast
+
+    broker = None if redis_url is None else _broker(redis_url, levers)
+    wsapp = WebSocketApp(lambda *args: None, broker=broker)
+    send = wsapp.deliver
+    payload = "x" * PAYLOAD_SIZE
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        delivered = 0
+        expected = 0
+        all_delivered = loop.create_future()
+
+        def deliver(broadcast: Broadcast) -> None:
+            nonlocal delivered
+            send(broadcast)
+            delivered += 1
+            if delivered == expected and not all_delivered.done():
+                all_delivered.set_result(None)
+
+        async def publisher(count: int) -> None:
+            for _ in range(count):
+                await wsapp.broadcast(payload)
+
+        async def run(count: int) -> None:
+            nonlocal expected, all_delivered
+            expected, all_delivered = delivered + count, loop.create_future()
+            share = count // publishers
+            await asyncio.gather(*(publisher(share) for _ in range(publishers)))
+            await asyncio.wait_for(all_delivered, ROUND_TIMEOUT)
+
+        expected = publishers * (broadcasts // publishers)
+        if broker is None:
+            wsapp.deliver = deliver  # type: ignore[method-assign]  # count what broadcast sends
+        else:
+            await broker.start(deliver)  # as the application's startup would
+        try:
+            await run(min(broadcasts, 2000))  # warm up: connections, caches
+            started, cpu = time.perf_counter(), time.process_time()
+            await run(broadcasts)
+            return time.perf_counter() - started, time.process_time() - cpu
+        finally:
+            if broker is not None:
+                await broker.stop()
+
+    wall, cpu = asyncio.run(main())
+    done = publishers * (broadcasts // publishers)
+    print(f"{done / wall:.1f} {cpu / done * 1e6:.2f}", flush=True)
+
+
+def _broker(redis_url: str, levers: Sequence[str]) -> Any:
+    """A ``RedisBroker`` on ``redis_url`` that does without the levers not in ``levers``."""
+    import asyncio as aio
+
+    from redis.asyncio.client import PubSub
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from aiohttp_wsapp import BrokerError
+    from aiohttp_wsapp import redis as module
+    from aiohttp_wsapp.broker import Broadcast
+
+    if sys.version_info >= (3, 11):
+        from asyncio import timeout
+    else:  # pragma: no cover - Python 3.10
+        from async_timeout import timeout
+
+    class PooledPublish(module.RedisBroker):
+        """0.1's publish: one PUBLISH on a connection from the pool, and a timer, each."""
+
+        async def publish(self, broadcast: Broadcast) -> None:
+            client = self._client
+            if client is None or not self._connected:
+                raise BrokerError(f"not connected to Redis at {self._safe_url}")
+            if self._answered < self._requested:
+                await self._subscriptions_settled(self._requested)
+            try:
+                async with timeout(module._ANSWER_TIMEOUT):
+                    channel = self._channels.of(broadcast.group)
+                    await client.publish(channel, module._encode(broadcast))
+            except module._LOST as exc:
+                raise BrokerError(f"cannot publish: {module._reason(exc)}") from exc
+
+    class GetMessage(module.RedisBroker):
+        """0.1's subscriber: ``get_message`` with a timeout, per message."""
+
+        async def _watch(self, pubsub: PubSub) -> None:
+            await aio.Event().wait()  # _receive pings by itself
+
+        async def _receive(self, pubsub: PubSub) -> None:
+            deliver = self._deliver
+            assert deliver is not None
+            interval = self._ping_interval
+            loop = aio.get_running_loop()
+            last_heard = loop.time()
+            pinged = False
+            while True:
+                message = await pubsub.get_message(timeout=interval)
+                if message is None:
+                    if loop.time() - last_heard < interval:
+                        continue
+                    if pinged:
+                        raise RedisTimeoutError("Redis did not answer a PING")
+                    await pubsub.ping()
+                    pinged = True
+                    last_heard = loop.time()
+                    continue
+                last_heard = loop.time()
+                pinged = False
+                kind = message["type"]
+                if kind == "message":
+                    broadcast = self._decode(message["channel"], message["data"])
+                    if broadcast is not None:
+                        deliver(broadcast)
+                elif kind in ("subscribe", "unsubscribe"):
+                    self._answer()
+
+    class RedisPyPipeline(module.RedisBroker):
+        """Batches as now, sent through redis-py's ``Pipeline`` (a pooled connection each)."""
+
+        async def _publish_batch(self, connection: Any, batch: Any) -> None:
+            assert self._client is not None
+            pipeline = self._client.pipeline(transaction=False)
+            for channel, message, _ in batch:
+                pipeline.publish(channel, message)
+            try:
+                async with timeout(module._ANSWER_TIMEOUT):
+                    await pipeline.execute()
+            except module._LOST as exc:
+                module._fail(batch, f"cannot publish: {module._reason(exc)}", exc)
+            else:
+                for _, _, published in batch:
+                    if not published.done():
+                        published.set_result(None)
+
+    bases: list[type[Any]] = []
+    if "redis-py-pipeline" in levers:
+        bases.append(RedisPyPipeline)
+    if "pipeline" not in levers:
+        bases.append(PooledPublish)
+    if "read" not in levers:
+        bases.append(GetMessage)
+    cls = type("Broker", (*bases, module.RedisBroker), {})
+    return cls(redis_url, prefix="throughput")
+
+
+Runs = dict[str, list["tuple[float, float] | str"]]
+"""Each variant's runs: (broadcasts/s, CPU µs per broadcast), or the error that ended the run."""
+
+
+def run_throughput(redis_url: str, broadcasts: int, publishers: int, repeat: int) -> Runs:
+    """Run every variant ``repeat`` times, alternating; return the runs of each."""
+    hiredis = importlib.util.find_spec("hiredis") is not None
+    variants = [v for v in VARIANTS if hiredis or "hiredis" not in v.levers]
+    runs: Runs = {v.name: [] for v in variants}
+    for _ in range(repeat):
+        for variant in variants:
+            command = [*_pin(0), sys.executable, __file__, "--throughput-worker"]
+            command += ["--broadcasts", str(broadcasts), "--publishers", str(publishers)]
+            command += ["--levers", ",".join(variant.levers)]
+            if variant.redis:
+                command += ["--redis", redis_url]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode == 0:
+                rate, cpu = map(float, done.stdout.split())
+                runs[variant.name].append((rate, cpu))
+                print(f"  {variant.name}: {rate:,.0f}/s, {cpu:.1f} µs", file=sys.stderr)
+            else:  # 0.1's pool, for one, runs out of connections past 100 publishers
+                error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                runs[variant.name].append(error)
+                print(f"  {variant.name}: failed: {error}", file=sys.stderr)
+    if not hiredis:
+        print("hiredis is not installed: its rows are left out", file=sys.stderr)
+    return runs
+
+
+def print_throughput(runs: Runs, broadcasts: int, publishers: int) -> None:
+    """Print the throughput table: medians, and the CPU time against local delivery's."""
+    print(
+        f"Broker throughput: {broadcasts:,} broadcasts of 100 bytes from {publishers} "
+        f"concurrent publishers, median of {len(next(iter(runs.values())))} runs\n"
+    )
+    print("| variant | broadcasts/s | CPU µs per broadcast | CPU vs local | runs (broadcasts/s) |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    local_cpu: float | None = None
+    for name, results in runs.items():
+        measured = [result for result in results if not isinstance(result, str)]
+        errors = sorted({result for result in results if isinstance(result, str)})
+        if not measured:
+            print(f"| {name} | fails | | | {'; '.join(errors)} |")
+            continue
+        rate = statistics.median(rate for rate, _ in measured)
+        cpu = statistics.median(cpu for _, cpu in measured)
+        local_cpu = cpu if local_cpu is None else local_cpu  # the first row is local delivery
+        each = ", ".join(f"{rate:,.0f}" for rate, _ in measured)
+        if errors:
+            each += f"; {len(results) - len(measured)} failed: {'; '.join(errors)}"
+        print(f"| {name} | {rate:,.0f} | {cpu:.1f} | {cpu / local_cpu:.1f}x | {each} |")
+    print()
+
+
+def _pin(core: int) -> list[str]:
+    """The ``taskset`` prefix that runs a command on ``core`` (none without taskset or cores)."""
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return []
+    return ["taskset", "-c", str(core)]
 
 
 # -- a lean WebSocket client ---------------------------------------------------------------------
@@ -327,15 +598,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--connections", type=int, default=2000, help="in all (default 2000)")
     parser.add_argument("--rounds", type=int, default=200, help="measured broadcasts (200)")
-    parser.add_argument("--quick", action="store_true", help="200 connections, 5 rounds")
+    parser.add_argument("--broadcasts", type=int, default=30000, help="per throughput run")
+    parser.add_argument("--publishers", type=int, default=50, help="concurrent (50)")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per variant (3)")
+    parser.add_argument(
+        "--scenarios", default="throughput,fanout", help="throughput, fanout or both (default)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer connections, rounds, runs")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--throughput-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--levers", default="", help=argparse.SUPPRESS)
     parser.add_argument("--redis", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
         serve(args.serve, args.redis)
         return 0
+    if args.throughput_worker:
+        levers = [lever for lever in args.levers.split(",") if lever]
+        throughput_worker(args.redis, levers, args.broadcasts, args.publishers)
+        return 0
     if args.quick:
         args.connections, args.rounds = 200, 5
+        args.broadcasts, args.repeat = 5000, 1
+    scenarios = set(args.scenarios.split(","))
     program = shutil.which("redis-server")
     if program is None:
         print("redis-server is not installed (apt-get install redis-server)", file=sys.stderr)
@@ -348,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as directory:
         redis_port = free_port()
         redis = subprocess.Popen(
-            [program, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+            [*_pin(1), program, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", directory, "--logfile", "redis.log"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -356,6 +641,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             wait_for_redis(redis_port)
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            if "throughput" in scenarios:
+                runs = run_throughput(redis_url, args.broadcasts, args.publishers, args.repeat)
+                print_throughput(runs, args.broadcasts, args.publishers)
+            if "fanout" not in scenarios:
+                return 0
             started = time.monotonic()
 
             port = free_port()

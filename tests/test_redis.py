@@ -13,10 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
-from conftest import TIMEOUT
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis_server import Node, RedisServer, free_port
-from support import require_module
+from support import TIMEOUT, require_module
 
 from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, create_app
 from aiohttp_wsapp.broker import Broadcast
@@ -400,6 +399,45 @@ async def test_brokers_with_another_prefix_do_not_share_broadcasts(
     assert await second_ws.receive_str(timeout=TIMEOUT) == "second only"
 
 
+@pytest.mark.parametrize(
+    ("sender_prefix", "sender_group", "listener_prefix", "listener_group"),
+    [
+        ("app:group", None, "app", "all"),  # once both app:group:all
+        ("app:group:x", None, "app", "x:all"),  # once both app:group:x:all
+        ("app:group", "g", "app", "group:g"),  # once both app:group:group:g
+        ("app%3Agroup", None, "app:group", None),  # the escape character is escaped too
+    ],
+)
+async def test_endpoints_with_other_prefixes_never_share_a_channel(
+    serve_local: ServeLocal,
+    sender_prefix: str,
+    sender_group: str | None,
+    listener_prefix: str,
+    listener_group: str | None,
+) -> None:
+    sender, listener = (
+        await serve_local(prefix=sender_prefix),
+        await serve_local(prefix=listener_prefix),
+    )
+    (sender_ws, sender_conn), (listener_ws, listener_conn) = (
+        await sender.connect(),
+        await listener.connect(),
+    )
+    if sender_group is not None:
+        sender_conn.join(sender_group)
+    if listener_group is not None:
+        listener_conn.join(listener_group)
+    await listener.wsapp.broadcast("subscribed", group=listener_group)
+    assert await listener_ws.receive_str(timeout=TIMEOUT) == "subscribed"
+
+    await sender.wsapp.broadcast("not for the other prefix", group=sender_group)
+    assert await sender_ws.receive_str(timeout=TIMEOUT) == "not for the other prefix"
+    await listener.wsapp.broadcast("next", group=listener_group)
+
+    # Redis handled the two publications one after the other: a leak would arrive first.
+    assert await listener_ws.receive_str(timeout=TIMEOUT) == "next"
+
+
 async def test_a_malformed_message_is_logged_and_skipped(
     serve_local: ServeLocal, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -436,6 +474,34 @@ async def test_every_field_of_a_broadcast_crosses_redis(make_broker: MakeBroker)
     finally:
         await sender.stop()
         await receiver.stop()
+
+
+async def test_concurrent_broadcasts_arrive_in_the_order_of_the_calls(
+    make_broker: MakeBroker,
+) -> None:
+    broker = make_broker()
+    received: asyncio.Queue[Broadcast] = asyncio.Queue()
+    await broker.start(received.put_nowait)
+    try:
+        # The calls made while a batch is on its way to Redis go out together in the next.
+        await asyncio.gather(*(broker.publish(Broadcast(str(n))) for n in range(100)))
+        for n in range(100):
+            assert await asyncio.wait_for(received.get(), TIMEOUT) == Broadcast(str(n))
+    finally:
+        await broker.stop()
+
+
+async def test_a_broadcast_still_on_its_way_at_stop_raises_broker_error(
+    make_broker: MakeBroker, redis_server: RedisServer
+) -> None:
+    broker = make_broker()
+    await broker.start(lambda broadcast: None)
+    redis_server.pause()  # no answer will come
+    publishing = asyncio.ensure_future(broker.publish(Broadcast("never answered")))
+    await asyncio.sleep(0)  # not a wait for time: lets the call queue its broadcast
+    await broker.stop()
+    with pytest.raises(BrokerError, match="stopped"):
+        await publishing
 
 
 async def test_stop_leaves_no_task_and_the_broker_can_start_again(
@@ -503,6 +569,8 @@ def test_bad_arguments_are_refused(redis_module: None) -> None:
         RedisBroker("http://localhost:6379")
     with pytest.raises(ValueError, match="prefix"):
         RedisBroker("redis://localhost", prefix="")
+    with pytest.raises(ValueError, match="RESP2"):
+        RedisBroker("redis://localhost?protocol=3")
     with pytest.raises(TypeError):
         RedisBroker(b"redis://localhost")  # type: ignore[arg-type]
 
