@@ -31,6 +31,9 @@ __all__ = ["WSAPP_KEY", "ErrorHandler", "EstablishHandler", "WebSocketApp", "cre
 
 logger = logging.getLogger("aiohttp_wsapp")
 
+_HOLD_LIMIT = 0.001
+"""Seconds that awaited broadcasts may hold the event loop before they let other tasks run."""
+
 EstablishHandler = Callable[[Connection, web.Request, tuple[Any, ...]], Any]
 """``on_establish(connection, request, handshake_results)``, sync or async."""
 
@@ -115,6 +118,7 @@ class WebSocketApp:
         self._groups: Groups[Connection] = Groups(self._group_created, self._group_emptied)
         self._shutting_down = False
         self._preparing = 0
+        self._last_turn = 0.0
 
     @property
     def websocket_server(self) -> WebSocketServer:
@@ -258,9 +262,17 @@ class WebSocketApp:
         message = Broadcast(data, group, _connection_ids(exclude))
         if self._broker is None:
             self.deliver(message)
-            await asyncio.sleep(0)  # as an awaited call would, when it had to wait
+            await self._let_others_run()
         else:
             await self._broker.publish(message)
+
+    async def _let_others_run(self) -> None:
+        # A turn of the event loop costs about as much as a small broadcast: take one only
+        # when broadcasts have held the loop for a while.
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_turn >= _HOLD_LIMIT:
+            await asyncio.sleep(0)
+            self._last_turn = loop.time()
 
     def deliver(self, broadcast: Broadcast) -> None:
         """Send ``broadcast`` to this process's own connections (a broker calls this)."""

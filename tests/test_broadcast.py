@@ -151,9 +151,11 @@ async def test_an_awaited_broadcast_lets_other_tasks_run(endpoint: Endpoint) -> 
             await asyncio.sleep(0)
 
     ticker = asyncio.create_task(tick())
-    for _ in range(10):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 0.05
+    while loop.time() < end:  # 50 ms of broadcasts, one after the other
         await endpoint.wsapp.broadcast("to nobody")
     ticker.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await ticker
-    assert ticks >= 9  # once per broadcast, give or take the first
+    assert ticks > 0
