@@ -1,6 +1,5 @@
-"""Headless Chromium, which always offers permessage-deflate, in every compression mode: it
-receives short (uncompressed) and long (compressed) messages, text and binary, and what it sends
-arrives intact (SPEC §3 ``compress``)."""
+"""What a browser meets, in headless Chromium: permessage-deflate, which it always offers, in
+every compression mode (SPEC §3 ``compress``), and subprotocol negotiation (SPEC §2 step 3)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from aiohttp_wsapp import Connection, WebSocketServer, create_app
+from aiohttp_wsapp import ERROR_KEY, INVALID_REQUEST, Connection, WebSocketServer, create_app
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -75,3 +74,45 @@ async def test_chromium_receives_every_message_in_every_mode(
     else:
         assert result["extensions"].startswith("permessage-deflate")
         assert negotiated == [15]
+
+
+OPEN = """async ([url, protocols]) => {
+  const ws = new WebSocket(url, protocols);
+  return await new Promise((resolve) => {
+    ws.onopen = () => { resolve({opened: true, protocol: ws.protocol}); ws.close(); };
+    ws.onclose = (event) => resolve({opened: false, code: event.code});
+  });
+}"""
+
+
+async def test_chromium_gets_the_common_subprotocol_or_a_refusal(
+    aiohttp_server: AiohttpServer, browser: Browser
+) -> None:
+    errors: list[str] = []
+    protocols: list[str | None] = []
+
+    def on_error(request: web.Request) -> web.Response:
+        errors.append(request[ERROR_KEY])
+        return web.Response(status=400, text="use chat.v1")
+
+    def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+        protocols.append(conn.protocol)
+
+    server_settings = WebSocketServer(protocols=("chat.v1",))
+    app = web.Application()
+    app.router.add_get("/", page)
+    endpoint = create_app(on_establish, on_error=on_error, websocket_server=server_settings)
+    app.add_subapp("/ws", endpoint)
+    server = await aiohttp_server(app)
+    tab = await browser.new_page()
+    await tab.goto(str(server.make_url("/")))
+    url = f"ws://{server.host}:{server.port}/ws"
+
+    assert await tab.evaluate(OPEN, [url, ["chat.v2", "chat.v1"]]) == {
+        "opened": True,
+        "protocol": "chat.v1",
+    }
+    assert await tab.evaluate(OPEN, [url, []]) == {"opened": True, "protocol": ""}
+    assert await tab.evaluate(OPEN, [url, ["chat.v2"]]) == {"opened": False, "code": 1006}
+    assert protocols == ["chat.v1", None]
+    assert errors == [INVALID_REQUEST]
