@@ -8,7 +8,8 @@ Run by the runner as::
     python -m benchmarks.client --url ws://127.0.0.1:8765/ --framing plain \\
         --server-pid 1234 --plan '[{"kind": "echo", "connections": 50, ...}]'
 
-It never offers permessage-deflate (picows does not implement it), so no server compresses.
+It never offers permessage-deflate (picows does not implement it), so no server compresses;
+``deflate_client.py`` is the load client that does, as browsers do.
 Each step of the plan is one scenario; the client prints one JSON list with one result per step.
 The server's CPU use over each measured window is read with psutil from ``--server-pid``.
 """
@@ -31,7 +32,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_
 from benchmarks.common import BROADCAST_COMMAND, TOOK_PREFIX, raise_nofile_limit
 from benchmarks.machine import busy_seconds
 
-__all__ = ["main", "run_plan"]
+__all__ = ["CpuMeter", "Step", "main", "measure_window", "percentile", "run_plan"]
 
 #: One WebSocket frame to send: its opcode and payload.
 Frame = tuple[WSMsgType, bytes]
@@ -279,14 +280,17 @@ CLOSE_FRAME = bytes((0x88, 0x82, 0, 0, 0, 0)) + (1000).to_bytes(2, "big")
 SOCKETIO_CONNECT_FRAME = bytes((0x81, 0x82, 0, 0, 0, 0)) + b"40"
 
 
-def upgrade_request(url: str) -> bytes:
-    """A complete WebSocket opening handshake request for ``url``, built once."""
+def upgrade_request(url: str, extra_headers: str = "") -> bytes:
+    """A complete WebSocket opening handshake request for ``url``, built once.
+
+    ``extra_headers`` are more header lines, each ending with CRLF.
+    """
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return (
         f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
     ).encode()
 
 
@@ -507,11 +511,15 @@ STEPS: dict[str, Step] = {
 
 
 async def run_plan(
-    url: str, socketio: bool, server_pid: int, plan: list[dict[str, Any]]
+    url: str,
+    socketio: bool,
+    server_pid: int,
+    plan: list[dict[str, Any]],
+    steps: dict[str, Step] = STEPS,
 ) -> list[dict[str, Any]]:
     """Run each step of the plan against the server in turn; one result per step."""
     cpu = CpuMeter(psutil.Process(server_pid))
-    return [await STEPS[step["kind"]](url, socketio, cpu, step) for step in plan]
+    return [await steps[step["kind"]](url, socketio, cpu, step) for step in plan]
 
 
 def main() -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import resource
 from dataclasses import dataclass
+from functools import lru_cache
 
 from aiohttp import web
 
@@ -12,8 +15,12 @@ __all__ = [
     "BACKLOG",
     "BROADCAST_COMMAND",
     "BROADCAST_PAYLOAD",
+    "MESSAGES",
     "TOOK_PREFIX",
     "ServerOptions",
+    "broadcast_command",
+    "broadcast_payload",
+    "message",
     "parse_server_args",
     "raise_nofile_limit",
     "run_aiohttp",
@@ -28,6 +35,89 @@ BROADCAST_PAYLOAD = "b" * 100
 #: The server answers the control connection with ``TOOK_PREFIX + seconds`` after the call.
 TOOK_PREFIX = "took "
 
+#: The messages a scenario may send, by name, with their exact size in bytes. ``text100`` is
+#: :data:`BROADCAST_PAYLOAD`; the others are realistic JSON whose figures change with a
+#: sequence number, so that a compressor with context does not see the same message twice:
+#: ``text32`` a 32-byte event, ``chat100`` a 100-byte chat message, ``json4k`` a 4 KiB status
+#: document.
+MESSAGES = {"text100": 100, "text32": 32, "chat100": 100, "json4k": 4096}
+
+_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
+_WORDS = (
+    "ok", "sure", "thanks", "deploy", "review", "lunch", "standup", "merged", "later",
+    "broken", "green", "flaky", "coffee", "release", "ticket", "done",
+)  # fmt: skip
+_SERVICES = ("api", "auth", "billing", "search", "media", "mail", "queue", "cache")
+_REGIONS = ("eu-west-1", "eu-central-1", "us-east-1", "us-west-2", "ap-south-1")
+_STATES = ("ok", "ok", "ok", "ok", "degraded", "down")
+
+
+def _padded(document: dict[str, object], size: int) -> str:
+    """``document`` as JSON of exactly ``size`` bytes, padded with spaces in a ``p`` field."""
+    text = json.dumps(document | {"p": ""}, separators=(",", ":"))
+    if len(text) > size:
+        raise ValueError(f"a {len(text)}-byte document does not fit {size} bytes")
+    return json.dumps(document | {"p": " " * (size - len(text))}, separators=(",", ":"))
+
+
+def _text32(seq: int) -> str:
+    return _padded({"u": _USERS[seq % len(_USERS)], "n": seq % 1000}, 32)
+
+
+def _chat100(seq: int) -> str:
+    rng = random.Random(seq)
+    text = " ".join(rng.choice(_WORDS) for _ in range(3))
+    event = {"type": "message", "room": "general", "id": seq, "user": rng.choice(_USERS)}
+    return _padded(event | {"text": text}, 100)
+
+
+def _json4k(seq: int) -> str:
+    rng = random.Random(seq)
+    services = []
+    for index in range(26):
+        services.append({
+            "name": f"{_SERVICES[index % len(_SERVICES)]}-{index:02d}",
+            "region": _REGIONS[index % len(_REGIONS)],
+            "status": rng.choice(_STATES),
+            "cpu": round(rng.uniform(0, 100), 1),
+            "mem_mb": rng.randint(100, 8000),
+            "rps": rng.randint(0, 20_000),
+            "p99_ms": round(rng.uniform(1, 500), 2),
+            "errors": rng.randint(0, 50),
+        })  # fmt: skip
+    document = {"type": "status", "seq": seq, "ts": 1_764_600_000 + seq, "services": services}
+    return _padded(document, 4096)
+
+
+_MAKERS = {"text32": _text32, "chat100": _chat100, "json4k": _json4k}
+
+
+@lru_cache(maxsize=256)
+def message(name: str, seq: int = 0) -> str:
+    """The ``seq``-th message named ``name`` (see :data:`MESSAGES`): the same on every call."""
+    if name == "text100":
+        return BROADCAST_PAYLOAD
+    return _MAKERS[name](seq)
+
+
+def broadcast_command(name: str, seq: int) -> str:
+    """The command that makes a ``--broadcast`` server send ``message(name, seq)`` to all."""
+    return f"{BROADCAST_COMMAND} {name} {seq}"
+
+
+def broadcast_payload(text: object) -> str | None:
+    """What to broadcast when a connection sent ``text``, or None when it is no command.
+
+    ``broadcast`` alone is :data:`BROADCAST_PAYLOAD`; ``broadcast NAME SEQ`` (see
+    :func:`broadcast_command`) is ``message(NAME, SEQ)``.
+    """
+    if not isinstance(text, str) or not text.startswith(BROADCAST_COMMAND):
+        return None
+    if text == BROADCAST_COMMAND:
+        return BROADCAST_PAYLOAD
+    _, name, seq = text.split(" ")
+    return message(name, int(seq))
+
 
 @dataclass(frozen=True)
 class ServerOptions:
@@ -41,9 +131,10 @@ class ServerOptions:
 def parse_server_args(description: str) -> ServerOptions:
     """Parse ``--host``, ``--port`` and ``--broadcast``, and raise the open-files limit.
 
-    With ``--broadcast`` a server does not echo: a text message ``broadcast`` from any
-    connection makes it send :data:`BROADCAST_PAYLOAD` to every open connection, time that
-    call, and answer the sender with ``took <seconds>``.
+    With ``--broadcast`` a text message ``broadcast`` from any connection makes a server send
+    :data:`BROADCAST_PAYLOAD` to every open connection (``broadcast NAME SEQ``: the message
+    :func:`broadcast_payload` names), time that call, and answer the sender with
+    ``took <seconds>``; it echoes any other message, so that a connection can show it is up.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")

@@ -49,6 +49,8 @@ class Results:
     )
     failures: list[str] = field(default_factory=list)
     client_check: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The ``Sec-WebSocket-Extensions`` answer each server gave the deflate client.
+    negotiated: dict[str, str] = field(default_factory=dict)
 
     def add(self, key: str, server: str, value: float) -> None:
         """Record one round's value."""
@@ -75,6 +77,20 @@ class Results:
         machine better than a ratio of medians does (used when the rounds do not pair up).
         """
         samples, base = self.values[key].get(server), self.values[key].get(BASELINE)
+        if not samples or not base:
+            return None
+        if len(samples) == len(base) and all(base):
+            return statistics.median(value / ref for value, ref in zip(samples, base, strict=True))
+        base_median = statistics.median(base)
+        return statistics.median(samples) / base_median if base_median else None
+
+    def between(self, key: str, base_key: str, server: str) -> float | None:
+        """One server's ``key`` over its own ``base_key``: the median of the paired ratios.
+
+        The values pair up when both keys have as many (the same rounds, the same repeats);
+        otherwise it is the ratio of the medians.
+        """
+        samples, base = self.values[key].get(server), self.values[base_key].get(server)
         if not samples or not base:
             return None
         if len(samples) == len(base) and all(base):
@@ -297,6 +313,206 @@ def floor_note(results: Results) -> list[str]:
     ]
 
 
+DEFLATE_SERVERS = ("raw_aiohttp", "aiohttp_wsapp", "aiohttp_wsapp_dedicated", "websockets")
+MESSAGE_LABELS = {
+    "text32": "32-byte text",
+    "chat100": "100-byte chat message (JSON)",
+    "text100": "100-byte text",
+    "json4k": "4 KiB JSON document",
+}
+DEFLATE_INTRO = """\
+Every browser offers permessage-deflate, so these are the figures its users see. The load
+client here (`benchmarks/deflate_client.py`) does what Chromium does: it offers
+`permessage-deflate; client_max_window_bits`, compresses every message it sends (zlib level 6,
+memLevel 8, context kept, masked frames with RSV1), and inflates every compressed message it
+receives with one decompressor per connection, checking each one. The messages are realistic
+JSON whose figures change from one message to the next, so that context does not see the same
+bytes twice. Servers: raw aiohttp (`WebSocketResponse(compress=True)`, its default: a
+compressor per connection, level 1), aiohttp_wsapp by default (shared mode: each message
+compressed on its own, under 128 bytes not at all, a broadcast compressed once), aiohttp_wsapp
+with `compress="dedicated"` (a compressor per connection, context kept) and websockets (its
+default: context kept, 12-bit windows). "plain" rows: the same client offering nothing."""
+
+
+def deflate_specs(results: Results) -> list[ServerSpec]:
+    """The servers that took part in the deflate scenarios, in table order."""
+    return [spec for spec in results.servers if spec.name in DEFLATE_SERVERS]
+
+
+def deflate_echo_table(results: Results) -> list[str]:
+    """Scenario (6): round trips through deflate clients."""
+    profile = results.profile
+    rows = []
+    for name in profile.deflate_messages:
+        key = f"deflate_echo_{name}"
+        for spec in deflate_specs(results):
+            rate = results.median(f"{key}.messages_per_s", spec.name)
+            if rate is None:
+                continue
+            rows.append([
+                MESSAGE_LABELS.get(name, name), spec.label,
+                client_bound_mark(results, key, spec.name) + fmt_int(rate),
+                fmt_ratio(results.ratio(f"{key}.messages_per_s", spec.name)),
+                fmt_spread(results.spread(f"{key}.messages_per_s", spec.name)),
+                fmt(results.median(f"{key}.p50_us", spec.name), fmt_int),
+                fmt(results.median(f"{key}.p99_us", spec.name), fmt_int),
+                fmt(results.median(f"{key}.wire_bytes", spec.name), fmt_int),
+                *cpu_cells(results, key, spec.name),
+            ])  # fmt: skip
+    if not rows:
+        return []
+    header = ["message", "server", "round trips/s", "x raw", "spread", "p50 µs", "p99 µs",
+              "bytes echoed", *CPU_HEADER]  # fmt: skip
+    note = [CLIENT_BOUND_NOTE, ""] if any(row[2].startswith("≥") for row in rows) else []
+    title = f"### (6) Echo round trips through deflate clients, {profile.deflate_echo_connections}"
+    return [title + " connections", "", *table(header, rows), *note]
+
+
+def deflate_broadcast_table(results: Results) -> list[str]:
+    """Scenario (7): broadcasts to deflate peers and to plain ones."""
+    profile = results.profile
+    rows = []
+    for name in profile.deflate_payloads:
+        for spec in deflate_specs(results):
+            for peers in ("deflate", "plain"):
+                key = f"deflate_bcast_{peers}_{name}"
+                if results.median(f"{key}.server_ms", spec.name) is None:
+                    continue
+                plain = f"deflate_bcast_plain_{name}"
+                vs_plain = "-"
+                if peers == "deflate":
+                    vs_plain = fmt_ratio(results.between(f"{key}.server_ms", f"{plain}.server_ms",
+                                                         spec.name))  # fmt: skip
+                rows.append([
+                    MESSAGE_LABELS.get(name, name), spec.label, peers,
+                    *timing_cells(results, f"{key}.server_ms", spec.name),
+                    vs_plain,
+                    *timing_cells(results, f"{key}.end_to_end_ms", spec.name),
+                    fmt(results.median(f"{key}.client_ms", spec.name), fmt_2),
+                    fmt(results.median(f"{key}.wire_bytes", spec.name), fmt_int),
+                    fmt_share(results.median(f"{key}.other_cpu", spec.name)),
+                ])  # fmt: skip
+    if not rows:
+        return []
+    header = ["payload", "server", "peers", "server-side ms", "x raw", "spread", "x plain",
+              "end-to-end ms", "x raw", "spread", "client CPU ms", "bytes per peer",
+              "other load"]  # fmt: skip
+    return [
+        f"### (7) Broadcast to {profile.deflate_broadcast_connections:,} connections",
+        "",
+        "The same calls as in (5), on the connections of (8) once it is measured; the payload "
+        "changes from one broadcast to the next. "
+        '"x raw" compares servers with the same peers; "x plain" is a server\'s time with '
+        "deflate peers over its own with plain peers (the 100-byte message stays plain in "
+        'aiohttp_wsapp\'s shared mode, under its 128-byte threshold; `compress="dedicated"` '
+        "is the same as the default with plain peers, so it has no plain row). "
+        '"Bytes per peer" is the payload on the wire. The client inflates every copy on one '
+        "core: where its CPU time is close to the end-to-end time, the client was the limit of "
+        "that number.",
+        "",
+        *table(header, rows),
+    ]
+
+
+def deflate_memory_table(results: Results) -> list[str]:
+    """Scenario (8): server RSS per connection, deflate negotiated or not."""
+    profile = results.profile
+    rows = []
+    for spec in deflate_specs(results):
+        idle = results.median("deflate_mem_deflate.idle_kib", spec.name)
+        if idle is None:
+            continue
+        plain_name = "aiohttp_wsapp" if spec.name == "aiohttp_wsapp_dedicated" else spec.name
+        opened = results.median("deflate_mem_deflate.opened_kib", spec.name)
+        plain_opened = results.median("deflate_mem_plain.opened_kib", plain_name)
+        plain_idle = results.median("deflate_mem_plain.idle_kib", plain_name)
+        after = results.median("deflate_mem_deflate.after_kib", spec.name)
+        plain_after = results.median("deflate_mem_plain.after_kib", plain_name)
+        ws_after = results.median("deflate_mem_deflate.after_kib", "websockets")
+        rows.append([
+            spec.label, fmt(opened, fmt_2), fmt(plain_opened, fmt_2),
+            fmt_ratio(quotient(opened, plain_opened)),
+            fmt(idle, fmt_2), fmt(plain_idle, fmt_2), fmt_ratio(quotient(idle, plain_idle)),
+            fmt(after, fmt_2), fmt(plain_after, fmt_2),
+            fmt_ratio(quotient(after, plain_after)), fmt_ratio(quotient(after, ws_after)),
+        ])  # fmt: skip
+    if not rows:
+        return []
+    header = ["server", "opened, deflate", "opened, plain", "x plain",
+              "idle, deflate", "idle, plain", "x plain",
+              f"after {profile.deflate_memory_broadcasts} broadcasts, deflate",
+              "after, plain", "x plain", "x websockets"]  # fmt: skip
+    return [
+        f"### (8) Server RSS per connection (KiB), {profile.deflate_broadcast_connections:,} "
+        "connections",
+        "",
+        'As (4): RSS growth over a warmed-up server, divided by the connections. "Opened": right '
+        'after the handshakes; "idle": then each connection sent one 32-byte text (compressed, '
+        "as a browser does) and got it back, as in (4); "
+        f'"after": then {profile.deflate_memory_broadcasts} broadcasts of the '
+        f"{MESSAGE_LABELS.get(profile.deflate_memory_payload, profile.deflate_memory_payload)}. "
+        "Ratios are of medians. aiohttp_wsapp's plain figures stand for both modes. The browser "
+        "compresses with context, so from its first compressed message on a server keeps a "
+        "decompressor for that connection (with aiohttp's reader, about 10 KiB once it has "
+        "inflated a short message): part of the step from opened to idle.",
+        "",
+        *table(header, rows),
+    ]
+
+
+def quotient(value: float | None, base: float | None) -> float | None:
+    """``value / base``, or None when either is missing or ``base`` is zero."""
+    return None if value is None or not base else value / base
+
+
+def deflate_target_rows(results: Results) -> list[list[str]]:
+    """Issue 13's targets for aiohttp_wsapp's default (shared) mode."""
+    checks: list[tuple[str, str, float | None, float]] = []
+    limits = {"chat100": 1.1, "text100": 1.1, "json4k": 1.3}
+    for name in results.profile.deflate_payloads:
+        key = f"deflate_bcast_deflate_{name}.server_ms"
+        plain = f"deflate_bcast_plain_{name}.server_ms"
+        limit = limits.get(name, 1.3)
+        checks.append((
+            f"(7) broadcast of the {MESSAGE_LABELS.get(name, name)}, server-side time",
+            f"≤ {limit:.2f}x plain peers", results.between(key, plain, CANDIDATE), limit,
+        ))  # fmt: skip
+    for stage, label in (
+        ("idle", "(8) RSS per idle connection (one message each way, as in (4))"),
+        ("opened", "(8) RSS per connection right after the handshake"),
+    ):
+        ratio = quotient(
+            results.median(f"deflate_mem_deflate.{stage}_kib", CANDIDATE),
+            results.median(f"deflate_mem_plain.{stage}_kib", CANDIDATE),
+        )
+        checks.append((label, "≤ 1.15x compression off", ratio, 1.15))
+    rows = []
+    for label, target, ratio, limit in checks:
+        verdict = "no data" if ratio is None else ("met" if ratio <= limit else "**missed**")
+        rows.append([label, target, fmt_ratio(ratio), verdict])
+    return rows
+
+
+def deflate_section(results: Results) -> list[str]:
+    """The browsers' section: (6)-(8), the negotiated extensions, issue 13's targets."""
+    body = deflate_echo_table(results) + deflate_broadcast_table(results)
+    body += deflate_memory_table(results)
+    if not body:
+        return []
+    negotiated = [
+        f"- {spec.label}: `{results.negotiated[spec.name]}`"
+        for spec in deflate_specs(results)
+        if spec.name in results.negotiated
+    ]
+    lines = ["## Browsers (permessage-deflate)", "", *DEFLATE_INTRO.splitlines(), ""]
+    if negotiated:
+        lines += ["Each server answered the offer with:", "", *negotiated, ""]
+    lines += body
+    lines += ["### aiohttp_wsapp (default, shared mode) against the targets of issue 13", ""]
+    lines += table(["scenario", "target", "measured", "verdict"], deflate_target_rows(results))
+    return lines
+
+
 def client_check_section(results: Results) -> list[str]:
     """Echo at 50 connections from one client process and from two, on the same core."""
     if not results.client_check:
@@ -369,10 +585,11 @@ def machine_section(results: Results) -> list[str]:
         f"- Load average before the run: {load}; after: {load_after}; the run waited "
         f"{results.quiet_wait:.0f} s in all for quiet moments and measured {results.retries} "
         "times again because other work took CPU meanwhile",
-        f"- Profile `{results.profile.name}`: {results.profile.rounds} rounds of (1)-(3) "
-        f"({results.profile.warmup:g} s warm-up, {results.profile.duration:g} s measured each), "
-        f"{results.profile.memory_rounds} rounds of (4), {results.profile.broadcast_rounds} of "
-        f"(5); the run took {minutes:.1f} min",
+        f"- Profile `{results.profile.name}`: {results.profile.rounds} rounds of (1)-(3) and "
+        f"(6) ({results.profile.warmup:g} s warm-up, {results.profile.duration:g} s measured "
+        f"each), {results.profile.memory_rounds} rounds of (4), "
+        f"{results.profile.broadcast_rounds} of (5), {results.profile.deflate_broadcast_rounds} "
+        f"of (7) and (8); the run took {minutes:.1f} min",
         "",
         "## Versions",
         "",
@@ -389,8 +606,9 @@ METHOD = """## How it was measured
   tables show the median over rounds; "x raw" is the median over rounds of the server's value
   divided by raw aiohttp's value of the same round; "spread" is half of (max - min) over
   rounds, as % of the median.
-- **No compression anywhere**: the client never offers permessage-deflate, so none is
-  negotiated, whatever a server's default. Keepalive pings are off where a server has them
+- **No compression in (1)-(5)**: the picows client never offers permessage-deflate, so none is
+  negotiated, whatever a server's default. (6)-(8) use a client that offers it as browsers do
+  (see their section). Keepalive pings are off where a server has them
   (aiohttp_wsapp `heartbeat=None`, websockets `ping_interval=None`, uvicorn
   `ws_ping_interval=None`); raw aiohttp and picows send none by default. Access logs are off.
 - (1) Each connection keeps one 32-byte text message in flight and sends the next as soon as
@@ -446,6 +664,7 @@ def write_report(results: Results, path: Path) -> None:
     lines += ["## aiohttp_wsapp against the targets of issue 6", ""]
     lines += table(["scenario", "target", "measured", "verdict"], target_rows(results))
     lines += floor_note(results)
+    lines += deflate_section(results)
     lines += client_check_section(results)
     lines += machine_section(results) + METHOD.splitlines()
     if results.failures:

@@ -1,11 +1,13 @@
 """Run every scenario against every server, interleaved, and write benchmarks/RESULTS.md.
 
-Usage: ``python -m benchmarks [--quick] [--servers raw_aiohttp,aiohttp_wsapp] [--output PATH]``.
+Usage: ``python -m benchmarks [--quick] [--servers raw_aiohttp,aiohttp_wsapp] [--output PATH]``
+``[--scenarios deflate]``.
 
 Each server runs in its own process pinned to one core (``taskset``), the picows load client
-in another process pinned to the other core. Every round starts every server afresh, in the same
-order (A B C ... A B C ...), so drift on a shared machine hits all of them alike; the report shows
-the median over rounds and the ratio to raw aiohttp. Nothing here asserts a timing.
+(for the browser scenarios, the deflate client) in another process pinned to the other core.
+Every round starts every server afresh, in the same order (A B C ... A B C ...), so drift on a
+shared machine hits all of them alike; the report shows the median over rounds and the ratio to
+raw aiohttp. Nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +70,16 @@ class Profile:
     broadcast_warmups: int = 2
     settle: float = 1.0
     quiet_budget: float = 300.0
+    #: (6)-(8), permessage-deflate: the messages echoed, at how many connections.
+    deflate_echo_connections: int = 50
+    deflate_messages: tuple[str, ...] = ("text32", "json4k")
+    #: (7) and (8): the payloads broadcast, to how many connections, in how many rounds (the
+    #: memory of (8) is read on the same connections first, then broadcasts of one payload).
+    deflate_payloads: tuple[str, ...] = ("chat100", "json4k")
+    deflate_broadcast_connections: int = 5000
+    deflate_broadcast_rounds: int = 3
+    deflate_memory_payload: str = "json4k"
+    deflate_memory_broadcasts: int = 5
 
 
 FULL = Profile("full", rounds=8, memory_rounds=3, warmup=0.3, duration=1.0)
@@ -83,7 +96,13 @@ QUICK = Profile(
     broadcast_warmups=1,
     settle=0.3,
     quiet_budget=15.0,
+    deflate_broadcast_connections=1000,
+    deflate_broadcast_rounds=1,
 )
+#: How the deflate scenarios' clients connect: offering permessage-deflate, or not.
+PEER_KINDS = ("deflate", "plain")
+DEFLATE_PARTS = ("deflate_echo", "deflate_broadcast")
+DEFLATE_CLIENT = "benchmarks.deflate_client"
 
 
 class QuietGate:
@@ -195,20 +214,25 @@ def server(spec: ServerSpec, *, broadcast: bool = False) -> Iterator[RunningServ
             stop(process)
 
 
-def client_command(target: RunningServer, plan: list[dict[str, Any]]) -> list[str]:
-    """The command line of one load-client process, pinned to the client core."""
+def client_command(
+    target: RunningServer, plan: list[dict[str, Any]], module: str = "benchmarks.client"
+) -> list[str]:
+    """The command line of one load-client process (``module``), pinned to the client core."""
     return [
-        "taskset", "-c", str(CLIENT_CORE), sys.executable, "-m", "benchmarks.client",
+        "taskset", "-c", str(CLIENT_CORE), sys.executable, "-m", module,
         "--url", target.url, "--framing", target.spec.framing,
         "--server-pid", str(target.process.pid), "--plan", json.dumps(plan),
     ]  # fmt: skip
 
 
 def run_clients(
-    target: RunningServer, plan: list[dict[str, Any]], processes: int = 1
+    target: RunningServer,
+    plan: list[dict[str, Any]],
+    processes: int = 1,
+    module: str = "benchmarks.client",
 ) -> list[list[dict[str, Any]]]:
     """Run the plan in ``processes`` client processes at once; one result list per process."""
-    command = client_command(target, plan)
+    command = client_command(target, plan, module)
     children = [
         subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(processes)
@@ -279,6 +303,61 @@ def record_broadcast(results: Results, name: str, outcome: list[dict[str, Any]])
         results.add("broadcast.client_ms", name, client * 1e3)
     for field in CPU_FIELDS:
         results.add(f"broadcast.{field}", name, step[field])
+
+
+def deflate_echo_plan(profile: Profile) -> list[dict[str, Any]]:
+    """Scenario (6): each message echoed at 50 connections by clients that offer deflate."""
+    return [
+        {"kind": "echo", "connections": profile.deflate_echo_connections, "message": name,
+         "deflate": True, "warmup": profile.warmup, "duration": profile.duration}
+        for name in profile.deflate_messages
+    ]  # fmt: skip
+
+
+def deflate_broadcast_plan(profile: Profile, peers: str) -> list[dict[str, Any]]:
+    """Scenarios (8), then (7), on connections of one kind (deflate or plain).
+
+    (8): the server's RSS per connection, opened, idle, after a few broadcasts; (7): then each
+    payload broadcast to the same connections, timed.
+    """
+    return [{
+        "kind": "broadcast", "connections": profile.deflate_broadcast_connections,
+        "deflate": peers == "deflate", "payloads": list(profile.deflate_payloads), "gap": 0.2,
+        "repeats": profile.broadcast_repeats, "warmup_repeats": profile.broadcast_warmups,
+        "settle": profile.settle, "memory": True,
+        "memory_payload": profile.deflate_memory_payload,
+        "memory_broadcasts": profile.deflate_memory_broadcasts,
+    }]  # fmt: skip
+
+
+DEFLATE_ECHO_FIELDS = (*ECHO_FIELDS, "wire_bytes")
+
+
+def record_deflate_echo(results: Results, name: str, outcome: list[dict[str, Any]]) -> None:
+    """File one run of (6) under ``deflate_echo_<message>.<field>``."""
+    for message, echo in zip(results.profile.deflate_messages, outcome, strict=True):
+        for field in DEFLATE_ECHO_FIELDS:
+            results.add(f"deflate_echo_{message}.{field}", name, echo[field])
+        results.negotiated[name] = echo["negotiated"]
+
+
+def record_deflate_broadcast(
+    results: Results, name: str, peers: str, outcome: list[dict[str, Any]]
+) -> None:
+    """File one run of (8) and (7): ``deflate_mem_<peers>.<stage>_kib`` and
+    ``deflate_bcast_<peers>_<payload>.<field>``, times in ms."""
+    if peers == "deflate":
+        results.negotiated[name] = outcome[0]["negotiated"]
+    for stage in ("opened", "idle", "after"):
+        results.add(f"deflate_mem_{peers}.{stage}_kib", name, outcome[0][f"{stage}_kib_per_conn"])
+    for payload, step in outcome[0]["payloads"].items():
+        key = f"deflate_bcast_{peers}_{payload}"
+        for field in ("server", "end_to_end", "client"):
+            for seconds in step[f"{field}_s"]:
+                results.add(f"{key}.{field}_ms", name, seconds * 1e3)
+        results.add(f"{key}.wire_bytes", name, statistics.mean(step["wire_bytes"]))
+        for field in CPU_FIELDS:
+            results.add(f"{key}.{field}", name, step[field])
 
 
 def progress(message: str) -> None:
@@ -363,6 +442,36 @@ class Suite:
                 record = partial(record_broadcast, self.results, spec.name)
                 self.job(f"broadcast round {round_no}", spec, measure, record)
 
+    def deflate_specs(self, peers: str = "deflate") -> list[ServerSpec]:
+        """The servers of (6)-(8); with plain peers, aiohttp_wsapp's modes are one: once."""
+        return [
+            spec for spec in self.specs
+            if spec.deflate and (peers == "deflate" or spec.name != "aiohttp_wsapp_dedicated")
+        ]  # fmt: skip
+
+    def deflate_echo_rounds(self) -> None:
+        """Scenario (6): echo through clients that negotiate permessage-deflate."""
+        plan = deflate_echo_plan(self.profile)
+        for round_no in range(1, self.profile.rounds + 1):
+            for spec in self.deflate_specs():
+                measure = partial(measure_once, spec, plan, module=DEFLATE_CLIENT)
+                record = partial(record_deflate_echo, self.results, spec.name)
+                self.job(f"deflate echo round {round_no}", spec, measure, record)
+
+    def deflate_broadcast_rounds(self) -> None:
+        """Scenarios (8) and (7): deflate peers, then plain ones, server by server."""
+        for round_no in range(1, self.profile.deflate_broadcast_rounds + 1):
+            for spec in self.deflate_specs():
+                for peers in PEER_KINDS:
+                    if spec not in self.deflate_specs(peers):
+                        continue
+                    plan = deflate_broadcast_plan(self.profile, peers)
+                    measure = partial(
+                        measure_once, spec, plan, broadcast=True, module=DEFLATE_CLIENT
+                    )
+                    record = partial(record_deflate_broadcast, self.results, spec.name, peers)
+                    self.job(f"deflate broadcast round {round_no} ({peers})", spec, measure, record)
+
     def client_check(self) -> None:
         """Is the client the bottleneck? Echo at 50 connections from one process, then two.
 
@@ -389,10 +498,12 @@ class Suite:
             self.job("client check", spec, measure, record)
 
 
-def measure_once(spec: ServerSpec, plan: Outcome, *, broadcast: bool = False) -> Outcome:
-    """Start a fresh server, run the plan from one client process, stop the server."""
+def measure_once(
+    spec: ServerSpec, plan: Outcome, *, broadcast: bool = False, module: str = "benchmarks.client"
+) -> Outcome:
+    """Start a fresh server, run the plan from one client process (``module``), stop the server."""
     with server(spec, broadcast=broadcast) as target:
-        return run_clients(target, plan)[0]
+        return run_clients(target, plan, module=module)[0]
 
 
 def run_suite(
@@ -401,7 +512,8 @@ def run_suite(
     """Run the scenarios (all by default) for every server; return the collected numbers.
 
     ``scenarios`` names parts of the suite: ``throughput`` (1)-(3), ``memory`` (4),
-    ``broadcast`` (5) and ``client`` (the client-bottleneck check).
+    ``broadcast`` (5), ``client`` (the client-bottleneck check), and the browser scenarios
+    ``deflate_echo`` (6) and ``deflate_broadcast`` (7) and (8); ``deflate`` is both of these.
     """
     results = Results(profile=profile, servers=specs, started=time.time())
     results.load_before = os.getloadavg()
@@ -411,8 +523,17 @@ def run_suite(
         "memory": suite.memory_rounds,
         "broadcast": suite.broadcast_rounds,
         "client": suite.client_check,
+        "deflate_echo": suite.deflate_echo_rounds,
+        "deflate_broadcast": suite.deflate_broadcast_rounds,
     }
-    for name in scenarios or parts:
+    wanted: list[str] = []
+    for name in scenarios or list(parts):
+        for part in DEFLATE_PARTS if name == "deflate" else (name,):
+            if part not in parts:
+                raise SystemExit(f"unknown scenario {part!r}; known: deflate, {', '.join(parts)}")
+            if part not in wanted:
+                wanted.append(part)
+    for name in wanted:
         parts[name]()
     results.load_after = os.getloadavg()
     results.quiet_wait = suite.gate.waited
@@ -423,12 +544,13 @@ def run_suite(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The runner's command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (< 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (a few minutes)")
     parser.add_argument("--servers", help="comma-separated subset, e.g. raw_aiohttp,picows")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument(
         "--scenarios",
-        help="comma-separated subset of throughput,memory,broadcast,client (default: all)",
+        help="comma-separated subset of throughput,memory,broadcast,client,deflate_echo,"
+        "deflate_broadcast; deflate is the last two (default: all)",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write every round's raw numbers here")
@@ -441,7 +563,13 @@ def main(argv: list[str] | None = None) -> int:
     profile = QUICK if args.quick else FULL
     if args.rounds:
         rounds = args.rounds
-        profile = replace(profile, rounds=rounds, memory_rounds=rounds, broadcast_rounds=rounds)
+        profile = replace(
+            profile,
+            rounds=rounds,
+            memory_rounds=rounds,
+            broadcast_rounds=rounds,
+            deflate_broadcast_rounds=rounds,
+        )
     specs = list(SERVERS)
     if args.servers:
         wanted = set(args.servers.split(","))

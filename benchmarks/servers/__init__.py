@@ -1,7 +1,8 @@
 """The benchmark servers: one module per implementation, each run as its own process.
 
 Every module is started as ``python -m benchmarks.servers.NAME --host H --port P [--broadcast]``
-and echoes every text and binary message back to its sender as a message of the same type.
+and echoes every text and binary message back to its sender as a message of the same type
+(with ``--broadcast``, every message but the broadcast command).
 """
 
 from __future__ import annotations
@@ -23,19 +24,46 @@ class ServerSpec:
     broadcast: bool = False
     #: Takes part in scenarios (1) to (4); a reference for the broadcast alone does not.
     echo: bool = True
+    #: Takes part in the permessage-deflate scenarios (6) to (8) (``benchmarks.deflate_client``).
+    deflate: bool = False
 
 
 #: Every implementation, in the order the tables show them; raw aiohttp is the baseline.
 SERVERS: tuple[ServerSpec, ...] = (
-    ServerSpec("raw_aiohttp", "raw aiohttp", "benchmarks.servers.raw_aiohttp", broadcast=True),
-    ServerSpec("aiohttp_wsapp", "aiohttp_wsapp", "benchmarks.servers.wsapp", broadcast=True),
+    ServerSpec(
+        "raw_aiohttp",
+        "raw aiohttp",
+        "benchmarks.servers.raw_aiohttp",
+        broadcast=True,
+        deflate=True,
+    ),
+    ServerSpec(
+        "aiohttp_wsapp",
+        "aiohttp_wsapp",
+        "benchmarks.servers.wsapp",
+        broadcast=True,
+        deflate=True,
+    ),
     ServerSpec(
         "aiohttp_wsapp_defaults",
         "aiohttp_wsapp, default settings",
         "benchmarks.servers.wsapp_defaults",
         broadcast=True,
     ),
-    ServerSpec("websockets", "websockets", "benchmarks.servers.websockets_server", broadcast=True),
+    ServerSpec(
+        "aiohttp_wsapp_dedicated",
+        'aiohttp_wsapp, compress="dedicated"',
+        "benchmarks.servers.wsapp_dedicated",
+        echo=False,
+        deflate=True,
+    ),
+    ServerSpec(
+        "websockets",
+        "websockets",
+        "benchmarks.servers.websockets_server",
+        broadcast=True,
+        deflate=True,
+    ),
     ServerSpec("starlette", "Starlette/uvicorn", "benchmarks.servers.starlette_uvicorn"),
     ServerSpec(
         "socketio",

@@ -12,17 +12,16 @@ from __future__ import annotations
 import time
 
 from aiohttp_wsapp.frames import Opcode, encode_frame
-from benchmarks.common import BROADCAST_PAYLOAD, parse_server_args, run_aiohttp
+from benchmarks.common import parse_server_args, run_aiohttp
 from benchmarks.servers.raw_aiohttp import Peers, make_app
 
-FRAME = encode_frame(Opcode.TEXT, BROADCAST_PAYLOAD.encode())
 
-
-async def write_to_all(peers: Peers) -> float:
-    """Write the prebuilt frame to every peer's transport; return the seconds."""
+async def write_to_all(peers: Peers, payload: str) -> float:
+    """Write one prebuilt frame of ``payload`` to every peer's transport; return the seconds."""
+    frame = encode_frame(Opcode.TEXT, payload.encode())
     start = time.perf_counter()
     for transport in tuple(peers.values()):
-        transport.write(FRAME)
+        transport.write(frame)
     return time.perf_counter() - start
 
 

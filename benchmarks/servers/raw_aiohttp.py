@@ -2,6 +2,9 @@
 
 Run: ``python -m benchmarks.servers.raw_aiohttp --port 8765 [--broadcast]``.
 With ``--broadcast`` the broadcast is a loop of ``await ws.send_str(...)`` over every peer.
+``WebSocketResponse(compress=True)``, aiohttp's default, negotiates permessage-deflate with a
+client that offers it (the load client does not; ``benchmarks.deflate_client`` does): aiohttp then
+compresses every message with a compressor per connection (level 1, context kept).
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 from benchmarks.common import (
-    BROADCAST_COMMAND,
-    BROADCAST_PAYLOAD,
     TOOK_PREFIX,
     ServerOptions,
+    broadcast_payload,
     parse_server_args,
     run_aiohttp,
 )
@@ -25,7 +27,7 @@ Peers = dict[web.WebSocketResponse, asyncio.Transport]
 """Every open connection's response, with its transport (which only the floor writes to)."""
 
 PEERS = web.AppKey("peers", Peers)
-SendToAll = Callable[[Peers], Awaitable[float]]
+SendToAll = Callable[[Peers, str], Awaitable[float]]
 
 
 async def echo(request: web.Request) -> web.WebSocketResponse:
@@ -40,16 +42,19 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def send_to_all(peers: Peers) -> float:
-    """Send the broadcast payload to every peer with a ``send_str`` loop; return the seconds."""
+async def send_to_all(peers: Peers, payload: str) -> float:
+    """Send ``payload`` to every peer with a ``send_str`` loop; return the seconds."""
     start = time.perf_counter()
     for peer in tuple(peers):
-        await peer.send_str(BROADCAST_PAYLOAD)
+        await peer.send_str(payload)
     return time.perf_counter() - start
 
 
 def broadcaster(send: SendToAll) -> Callable[[web.Request], Awaitable[web.WebSocketResponse]]:
-    """A handler that keeps its connection among the peers and calls ``send`` when asked to."""
+    """A handler that keeps its connection among the peers and calls ``send`` when asked to.
+
+    Any other message is echoed.
+    """
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
         peers = request.app[PEERS]
@@ -59,8 +64,13 @@ def broadcaster(send: SendToAll) -> Callable[[web.Request], Awaitable[web.WebSoc
         peers[ws] = request.transport
         try:
             async for msg in ws:
-                if msg.type is WSMsgType.TEXT and msg.data == BROADCAST_COMMAND:
-                    took = await send(peers)
+                if msg.type is not WSMsgType.TEXT:
+                    continue
+                payload = broadcast_payload(msg.data)
+                if payload is None:
+                    await ws.send_str(msg.data)
+                else:
+                    took = await send(peers, payload)
                     await ws.send_str(f"{TOOK_PREFIX}{took}")
         finally:
             del peers[ws]

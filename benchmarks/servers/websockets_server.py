@@ -1,7 +1,8 @@
 """websockets: the asyncio implementation's ``serve`` and an ``async for`` loop.
 
 Run: ``python -m benchmarks.servers.websockets_server --port 8765 [--broadcast]``.
-Keepalive pings are off, as in raw aiohttp's default.
+Keepalive pings are off, as in raw aiohttp's default. Compression is websockets' default:
+permessage-deflate with a client that offers it (context kept, 12-bit windows, memLevel 5).
 With ``--broadcast`` the broadcast is
 ``websockets.asyncio.server.broadcast(server.connections, ...)``.
 """
@@ -16,10 +17,9 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 
 from benchmarks.common import (
     BACKLOG,
-    BROADCAST_COMMAND,
-    BROADCAST_PAYLOAD,
     TOOK_PREFIX,
     ServerOptions,
+    broadcast_payload,
     parse_server_args,
 )
 
@@ -30,18 +30,21 @@ async def echo(ws: ServerConnection) -> None:
         await ws.send(message)
 
 
-def send_to_all(server: Server) -> float:
-    """Broadcast the payload to every open connection; return the seconds the call took."""
+def send_to_all(server: Server, payload: str) -> float:
+    """Broadcast ``payload`` to every open connection; return the seconds the call took."""
     start = time.perf_counter()
-    broadcast(server.connections, BROADCAST_PAYLOAD)
+    broadcast(server.connections, payload)
     return time.perf_counter() - start
 
 
 async def broadcaster(ws: ServerConnection) -> None:
-    """Broadcast when asked to, and report the seconds."""
+    """Broadcast when asked to, and report the seconds; echo any other message."""
     async for message in ws:
-        if message == BROADCAST_COMMAND:
-            await ws.send(f"{TOOK_PREFIX}{send_to_all(ws.server)}")
+        payload = broadcast_payload(message)
+        if payload is None:
+            await ws.send(message)
+        else:
+            await ws.send(f"{TOOK_PREFIX}{send_to_all(ws.server, payload)}")
 
 
 async def serve_forever(options: ServerOptions) -> None:

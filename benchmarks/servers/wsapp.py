@@ -2,8 +2,9 @@
 
 Run: ``python -m benchmarks.servers.wsapp --port 8765 [--broadcast]``.
 The handler does not await ``conn.send(...)`` (the fast path the spec allows). The heartbeat is
-off, as in raw aiohttp's default; compression stays at its default (on) but is never negotiated,
-because the load client does not offer permessage-deflate.
+off, as in raw aiohttp's default; compression stays at its default (shared mode), negotiated only
+with a client that offers permessage-deflate (``benchmarks.deflate_client``; the picows load
+client does not).
 With ``--broadcast`` the broadcast is ``await wsapp.broadcast(...)``.
 """
 
@@ -16,10 +17,9 @@ from aiohttp import web
 
 from aiohttp_wsapp import WSAPP_KEY, Connection, WebSocketApp, WebSocketServer, create_app
 from benchmarks.common import (
-    BROADCAST_COMMAND,
-    BROADCAST_PAYLOAD,
     TOOK_PREFIX,
     ServerOptions,
+    broadcast_payload,
     parse_server_args,
     run_aiohttp,
 )
@@ -38,12 +38,14 @@ def on_establish_echo(conn: Connection, request: web.Request, results: tuple[Any
 
 
 async def broadcast_on_command(conn: Connection, message: str | bytes) -> None:
-    """Broadcast the payload to every connection when asked to, and report the seconds."""
-    if message != BROADCAST_COMMAND:
+    """Broadcast when asked to, and report the seconds; echo any other message."""
+    payload = broadcast_payload(message)
+    if payload is None:
+        conn.send(message)
         return
     wsapp = conn.app
     start = time.perf_counter()
-    await wsapp.broadcast(BROADCAST_PAYLOAD)
+    await wsapp.broadcast(payload)
     took = time.perf_counter() - start
     conn.send(f"{TOOK_PREFIX}{took}")
 
