@@ -115,7 +115,9 @@ class WebSocketApp:
         self._broker = broker
         self._connections: set[Connection] = set()
         self._connections_view = _ConnectionsView(self._connections)
-        self._groups: Groups[Connection] = Groups(self._group_created, self._group_emptied)
+        self._groups: Groups[Connection] = Groups(
+            self._group_created, self._group_emptied, self._counts_changed
+        )
         self._shutting_down = False
         self._preparing = 0
         self._last_turn = 0.0
@@ -148,7 +150,7 @@ class WebSocketApp:
             return await self._broker.count(group)
         if group is None:
             return len(self._connections)
-        return len(self._groups.view.get(group, ()))
+        return self._groups.sizes.get(group, 0)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -180,9 +182,10 @@ class WebSocketApp:
             response,
             writer,
             groups=self._groups,
-            forget=self._connections.discard,
+            forget=self._forget,
         )
         self._connections.add(connection)
+        self._counts_changed()
         if self._shutting_down:  # shutdown began while the 101 was being sent
             connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
         await connection._serve(self._on_establish, handshake_results)
@@ -299,6 +302,21 @@ class WebSocketApp:
         if self._broker is not None:
             self._broker.group_left(name)
 
+    # -- counts, for the broker -------------------------------------------------------------
+
+    def _forget(self, connection: Connection) -> None:
+        """``connection`` has finished."""
+        self._connections.discard(connection)
+        self._counts_changed()
+
+    def _counts_changed(self) -> None:
+        if self._broker is not None:
+            self._broker.counts_changed()
+
+    def _counts(self) -> tuple[int, Mapping[str, int]]:
+        """This process's open connections, and group name → its open members here (live)."""
+        return len(self._connections), self._groups.sizes
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def to_app(self) -> web.Application:
@@ -330,7 +348,7 @@ class WebSocketApp:
     async def _on_startup(self, app: web.Application) -> None:
         self._shutting_down = False
         if self._broker is not None:
-            await self._broker.start(self.deliver)
+            await self._broker.start(self.deliver, self._counts)
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.shutdown()

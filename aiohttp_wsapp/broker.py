@@ -4,15 +4,19 @@ A :class:`WebSocketApp` hands each broadcast to its broker as a :class:`Broadcas
 carries it to every process that shares it, and each process delivers it to its own connections
 through the ``deliver`` callback it gave the broker on start. Without a broker (the default) the
 endpoint delivers within its own process.
+
+The endpoint also gives the broker a way to read this process's counts (``counts``), and tells it
+whenever they change (:meth:`Broker.counts_changed`), so that :meth:`Broker.count` can add up
+every process's.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Broadcast", "Broker", "Deliver"]
+__all__ = ["Broadcast", "Broker", "Counts", "Deliver"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +31,21 @@ class Broadcast:
 Deliver = Callable[[Broadcast], None]
 """Sends a broadcast to this process's own connections."""
 
+Counts = Callable[[], tuple[int, Mapping[str, int]]]
+"""Returns this process's open connections, and a read-only, live mapping: group name → its open
+members in this process (a group without members is absent). Cheap: nothing is copied."""
+
 
 class Broker(abc.ABC):
     """Carries broadcasts between the processes that share it."""
 
     @abc.abstractmethod
-    async def start(self, deliver: Deliver) -> None:
-        """Connect; from now on call ``deliver`` for every broadcast meant for this process."""
+    async def start(self, deliver: Deliver, counts: Counts | None = None) -> None:
+        """Connect; from now on call ``deliver`` for every broadcast meant for this process.
+
+        ``counts`` reads this process's counts, for :meth:`count`; without it, this process
+        counts for nothing.
+        """
 
     @abc.abstractmethod
     async def stop(self) -> None:
@@ -49,6 +61,13 @@ class Broker(abc.ABC):
         :raises BrokerError: the broker cannot count them.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot count connections")
+
+    def counts_changed(self) -> None:  # noqa: B027 - optional hook
+        """This process's counts have changed: a connection opened or finished, joined or left.
+
+        Called on every change, so it must cost next to nothing: mark the counts stale, and send
+        them later, many changes at once.
+        """
 
     def group_joined(self, group: str) -> None:  # noqa: B027 - optional hook
         """This process now has a member in ``group`` (it had none)."""

@@ -18,6 +18,15 @@ so the first ``:`` of a channel name ends its prefix and no two prefixes share a
 ``app``'s group ``all``, ``app:group:all``). A process listens to ``{prefix}:all`` while it runs,
 and to a group's channel only while it has a member in that group.
 
+Presence: every process keeps its counts in a hash, ``{prefix}:presence:{process id}``, with the
+field ``t`` for its open connections and ``g:{name}`` for the members of each group it has
+members in, and its id in the set ``{prefix}:presence``. It rewrites the hash as soon as its
+counts change (at most four times a second: the changes made meanwhile go together), and every
+5 s; the hash expires 15 s after the last write, so a process that dies stops counting then, and
+a process that stops deletes its hash at once. ``count`` adds up the live hashes of the other
+processes in one Lua script (which also drops the ids of expired hashes from the set), and this
+process's own counts, read when it is called.
+
 Delivery guarantee: Redis pub/sub delivers *at most once*. A broadcast published while a process
 is disconnected from Redis is lost for that process: it is not replayed when the broker
 reconnects. While this process is disconnected, ``broadcast`` raises :class:`BrokerError` (the
@@ -31,6 +40,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import struct
 import sys
 from collections import deque
@@ -46,7 +56,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from yarl import URL
 
-from .broker import Broadcast, Broker, Deliver
+from .broker import Broadcast, Broker, Counts, Deliver
 from .errors import BrokerError
 
 if sys.version_info >= (3, 11):
@@ -67,6 +77,31 @@ _ANSWER_TIMEOUT: Final = 5.0
 """How long connecting, subscribing or publishing may take before the connection counts as lost."""
 _YIELD_EVERY: Final = 64
 """The subscriber lets the event loop run other tasks after this many replies in a row."""
+_PRESENCE_PAUSE: Final = 0.25
+"""After writing this process's counts, the writer waits this long: the changes made meanwhile go
+together in the next write."""
+_WITHDRAW_TIMEOUT: Final = 1.0
+"""How long a stopping broker tries to delete its counts (they expire anyway)."""
+_MAX_COUNTING: Final = 4
+"""How many ``count`` calls of one process query Redis at a time; the others wait their turn."""
+
+# KEYS[1]: the set of process ids. ARGV: the start of a process's hash key, the field to add up,
+# this process's id (left out: its counts are read live). A hash that has expired is the hash of
+# a process that died: its id leaves the set.
+_COUNT_SCRIPT: Final = """
+local sum = 0
+for _, id in ipairs(redis.call("SMEMBERS", KEYS[1])) do
+  if id ~= ARGV[3] then
+    local values = redis.call("HMGET", ARGV[1] .. id, "t", ARGV[2])
+    if not values[1] then
+      redis.call("SREM", KEYS[1], id)
+    elseif values[2] then
+      sum = sum + tonumber(values[2])
+    end
+  end
+end
+return sum
+"""
 
 # One message on a channel: a header, the ids of the excluded connections, then the payload as it
 # is. The group is not in the message: it is the channel's.
@@ -101,13 +136,20 @@ class RedisBroker(Broker):
     of this process are served as before meanwhile, but the broadcasts made by other processes
     during that time are lost for this one (at most once, as Redis pub/sub).
 
+    :meth:`count` adds up the counts of every process: a join or leave counts everywhere within
+    a second, a process that dies stops counting within 15 s, one that stops at once. While
+    Redis is unreachable, it raises :class:`BrokerError`.
+
     Each process holds two connections to Redis: one subscribed to its channels, one that
-    publishes. With the ``hiredis`` extra (``pip install aiohttp-wsapp[hiredis]``), redis-py
-    parses Redis's replies in C, which halves the CPU time a broadcast costs.
+    publishes; its counts take one more now and then. With the ``hiredis`` extra
+    (``pip install aiohttp-wsapp[hiredis]``), redis-py parses Redis's replies in C, which halves
+    the CPU time a broadcast costs.
     """
 
     # A PING goes out on a subscription silent for this long; silent as long again, it is lost.
     _ping_interval: float = 5.0
+    # This process's counts expire this long after their last write, rewritten every third of it.
+    _presence_ttl: float = 15.0
 
     def __init__(self, url: str, *, prefix: str = "aiohttp_wsapp") -> None:
         if not isinstance(url, str):
@@ -142,6 +184,13 @@ class RedisBroker(Broker):
         self._outbox_filled = asyncio.Event()
         # Set by _receive on every reply, cleared by _watch at every look.
         self._heard = False
+        # This process's counts: how to read them, the task that writes them, set when stale.
+        self._presence = _PresenceKeys(prefix)
+        self._presence_id = ""
+        self._counts: Counts | None = None
+        self._presence_writer: asyncio.Task[None] | None = None
+        self._counts_stale = asyncio.Event()
+        self._counting = asyncio.Semaphore(_MAX_COUNTING)
 
     @property
     def url(self) -> str:
@@ -154,8 +203,10 @@ class RedisBroker(Broker):
 
     # -- Broker -------------------------------------------------------------------------------
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, counts: Counts | None = None) -> None:
         """Connect to Redis and subscribe; from now on call ``deliver`` for every broadcast.
+
+        With ``counts``, keep this process's counts in Redis from now on, for :meth:`count`.
 
         :raises BrokerError: Redis cannot be reached (the message names the URL).
         :raises RuntimeError: the broker is already started.
@@ -163,6 +214,7 @@ class RedisBroker(Broker):
         if self._client is not None:
             raise RuntimeError("this RedisBroker is already started")
         self._deliver = deliver
+        self._counts = counts
         self._client = Redis.from_url(
             self._url,
             socket_connect_timeout=_ANSWER_TIMEOUT,
@@ -190,14 +242,28 @@ class RedisBroker(Broker):
         self._publisher = loop.create_task(
             self._publish_outbox(), name=f"RedisBroker {self._safe_url} publisher"
         )
+        self._presence_id = secrets.token_hex(8)
+        self._counts_stale = asyncio.Event()  # of this loop
+        self._counting = asyncio.Semaphore(_MAX_COUNTING)
+        if counts is not None:
+            self._counts_stale.set()
+            self._presence_writer = loop.create_task(
+                self._write_presence(counts), name=f"RedisBroker {self._safe_url} presence"
+            )
 
     async def stop(self) -> None:
         """Stop listening, close the connections to Redis, and wait until that is done.
 
-        Broadcasts still waiting to be published raise :class:`BrokerError`.
+        Broadcasts still waiting to be published raise :class:`BrokerError`. This process's
+        counts are deleted from Redis: it stops counting at once.
         """
-        tasks = [task for task in (self._task, self._publisher) if task is not None]
-        self._task = self._publisher = None
+        withdraw = self._counts is not None and self._connected
+        tasks = [
+            task
+            for task in (self._task, self._publisher, self._presence_writer)
+            if task is not None
+        ]
+        self._task = self._publisher = self._presence_writer = None
         for task in tasks:
             task.cancel()
         if tasks:
@@ -207,6 +273,9 @@ class RedisBroker(Broker):
                 logger.error("the Redis broker failed", exc_info=task.exception())
         outbox, self._outbox = self._outbox, []
         _fail(outbox, f"the broker of {self._safe_url} stopped")
+        if withdraw:
+            await self._withdraw_presence()
+        self._counts = None
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -241,6 +310,38 @@ class RedisBroker(Broker):
         self._outbox.append((self._channels.of(broadcast.group), _encode(broadcast), published))
         self._outbox_filled.set()
         await published
+
+    async def count(self, group: str | None = None) -> int:
+        """Return how many connections are open (in ``group``) in every process of this prefix.
+
+        This process's own are counted as they are now; the others' as they were written to
+        Redis, less than a second ago (a process that died counts until its hash expires).
+
+        :raises BrokerError: this process is not connected to Redis, or the query failed.
+        """
+        client = self._client
+        if client is None or not self._connected:
+            raise BrokerError(f"not connected to Redis at {self._safe_url}")
+        field = _TOTAL_FIELD if group is None else _GROUP_FIELD + _utf8(group)
+        keys = self._presence
+        try:
+            async with timeout(_ANSWER_TIMEOUT), self._counting:
+                others = await client.eval(
+                    _COUNT_SCRIPT, 1, keys.registry, keys.start, field, self._presence_id
+                )
+        except _LOST as exc:
+            raise BrokerError(
+                f"cannot count connections in Redis at {self._safe_url}: {_reason(exc)}"
+            ) from exc
+        counts = self._counts
+        if counts is None:
+            return int(others)
+        total, groups = counts()
+        return int(others) + (total if group is None else groups.get(group, 0))
+
+    def counts_changed(self) -> None:
+        """This process's counts changed: they are written to Redis soon, with other changes."""
+        self._counts_stale.set()
 
     def group_joined(self, group: str) -> None:
         """Subscribe to the channel of ``group``, which has its first member in this process."""
@@ -281,6 +382,7 @@ class RedisBroker(Broker):
             raise
         self._answered = requested
         self._connected = True
+        self._counts_stale.set()  # Redis may have lost them, if it restarted
         return pubsub
 
     async def _subscriptions_settled(self, mark: int) -> None:
@@ -468,6 +570,63 @@ class RedisBroker(Broker):
                 if not published.done():
                     published.set_result(None)
 
+    # -- this process's counts ----------------------------------------------------------------
+
+    async def _write_presence(self, counts: Counts) -> None:
+        """Keep this process's counts in Redis: rewritten when stale, and every third of their
+        expiry. A failed write is tried again, waiting longer after each failure."""
+        stale = self._counts_stale
+        refresh = self._presence_ttl / 3
+        delay = _FIRST_RETRY_DELAY
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with timeout(refresh):
+                    await stale.wait()
+            stale.clear()
+            try:
+                async with timeout(_ANSWER_TIMEOUT):
+                    await self._send_presence(counts)
+            except Exception as exc:
+                stale.set()
+                if isinstance(exc, _LOST):
+                    logger.debug("cannot write this process's counts to Redis: %s", _reason(exc))
+                else:
+                    logger.exception("writing this process's counts to Redis failed")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
+            else:
+                delay = _FIRST_RETRY_DELAY
+                await asyncio.sleep(_PRESENCE_PAUSE)
+
+    async def _send_presence(self, counts: Counts) -> None:
+        """Replace this process's hash with its counts now, in one transaction."""
+        assert self._client is not None
+        total, groups = counts()
+        fields: dict[bytes, int] = {_TOTAL_FIELD: total}
+        for group, members in groups.items():
+            fields[_GROUP_FIELD + _utf8(group)] = members
+        key = self._presence.of(self._presence_id)
+        async with self._client.pipeline(transaction=True) as pipeline:
+            pipeline.delete(key)
+            pipeline.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipeline.pexpire(key, round(self._presence_ttl * 1000))
+            pipeline.sadd(self._presence.registry, self._presence_id)
+            await pipeline.execute()
+
+    async def _withdraw_presence(self) -> None:
+        """Delete this process's counts; if Redis does not answer soon, they expire anyway."""
+        assert self._client is not None
+        try:
+            async with (
+                timeout(_WITHDRAW_TIMEOUT),
+                self._client.pipeline(transaction=True) as pipeline,
+            ):
+                pipeline.delete(self._presence.of(self._presence_id))
+                pipeline.srem(self._presence.registry, self._presence_id)
+                await pipeline.execute()
+        except _LOST as exc:
+            logger.debug("cannot delete this process's counts from Redis: %s", _reason(exc))
+
     def _decode(self, channel: bytes, message: bytes) -> Broadcast | None:
         """The broadcast that ``message`` on ``channel`` carries; ``None`` for one to ignore."""
         try:
@@ -492,7 +651,7 @@ class _Channels:
     """
 
     def __init__(self, prefix: str) -> None:
-        base = _utf8(prefix).replace(b"%", b"%25").replace(b":", b"%3A")
+        base = _escaped(prefix)
         self.all: Final = base + b":all"
         self._group_start: Final = base + b":group:"
 
@@ -510,6 +669,35 @@ class _Channels:
         if channel.startswith(self._group_start):
             return channel[len(self._group_start) :].decode("utf-8", "surrogatepass")
         raise ValueError(f"not a channel of this prefix: {channel!r}")
+
+
+class _PresenceKeys:
+    """The keys that hold the counts of one prefix's processes.
+
+    ``{prefix}:presence`` is the set of their ids, ``{prefix}:presence:{id}`` the hash of each,
+    with the prefix escaped as in channel names (see :class:`_Channels`): different prefixes
+    never share a key.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        base = _escaped(prefix)
+        self.registry: Final = base + b":presence"
+        self.start: Final = base + b":presence:"
+
+    def of(self, process_id: str) -> bytes:
+        """The key of the hash of the process ``process_id``."""
+        return self.start + process_id.encode()
+
+
+_TOTAL_FIELD: Final = b"t"
+"""The field of a process's hash that holds its open connections."""
+_GROUP_FIELD: Final = b"g:"
+"""The start of the fields of a process's hash that hold its members of each group."""
+
+
+def _escaped(prefix: str) -> bytes:
+    """``prefix`` as the start of a channel or key name: without ``:``, so that it ends at one."""
+    return _utf8(prefix).replace(b"%", b"%25").replace(b":", b"%3A")
 
 
 def _utf8(text: str) -> bytes:

@@ -3,7 +3,8 @@
 Run as ``python tests/redis_node.py REDIS_URL PORT PREFIX``. It serves
 ``create_app(on_establish, broker=RedisBroker(REDIS_URL, prefix=PREFIX))`` on
 ``127.0.0.1:PORT``, prints ``ready`` once its broker is connected, and shuts down gracefully on
-SIGTERM.
+SIGTERM. With ``REDIS_NODE_PRESENCE_TTL`` set in its environment, its counts expire that many
+seconds after their last write, instead of the broker's 15.
 
 A client sends commands as JSON text messages, and gets a JSON answer ``{"reply": ...}``:
 
@@ -12,7 +13,9 @@ A client sends commands as JSON text messages, and gets a JSON answer ``{"reply"
 - ``{"do": "broadcast", "data": d, "binary": b, "group": g, "exclude_self": e}``: broadcast ``d``
   (as bytes when ``b``) to ``g`` (or everyone when null), excluding this connection when ``e``.
   The reply is ``{"reply": "broadcast"}``, or ``{"reply": "error", "error": ...}`` when
-  ``broadcast`` raised ``BrokerError``.
+  ``broadcast`` raised ``BrokerError``;
+- ``{"do": "count", "group": g}``: the reply is ``{"reply": "count", "count": n}`` with ``n``
+  from ``await wsapp.count(g)`` (``g`` may be null), or the error as for ``broadcast``.
 
 Any other message is echoed.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -42,6 +46,14 @@ async def on_message(conn: Connection, message: str | bytes) -> None:
         conn.join(command["group"])
     elif action == "leave":
         conn.leave(command["group"])
+    elif action == "count":
+        try:
+            count = await conn.app.count(command.get("group"))
+        except BrokerError as exc:
+            await conn.send_json({"reply": "error", "error": f"BrokerError: {exc}"})
+        else:
+            await conn.send_json({"reply": "count", "count": count})
+        return
     elif action == "broadcast":
         data: str | bytes = command["data"]
         if command.get("binary"):
@@ -72,7 +84,11 @@ def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...
 
 async def main(redis_url: str, port: int, prefix: str) -> None:
     """Serve until SIGTERM."""
-    app = create_app(on_establish, broker=RedisBroker(redis_url, prefix=prefix))
+    broker = RedisBroker(redis_url, prefix=prefix)
+    ttl = os.environ.get("REDIS_NODE_PRESENCE_TTL")
+    if ttl is not None:
+        broker._presence_ttl = float(ttl)
+    app = create_app(on_establish, broker=broker)
     runner = web.AppRunner(app)
     await runner.setup()
     try:

@@ -7,10 +7,12 @@ browser download is not needed). Without chromium or playwright they are skipped
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -21,6 +23,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis_server import RedisServer
 from support import BROWSER_TIMEOUT
 
+from aiohttp_wsapp import WebSocketApp
+
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Locator, Page
 
@@ -30,8 +34,8 @@ CHAT_SERVER = Path(__file__).resolve().parents[1] / "examples" / "chat" / "serve
 TIMEOUT = BROWSER_TIMEOUT
 
 
-def _load_make_app() -> Callable[[str | None], web.Application]:
-    """Import ``make_app`` from the example, which is a script, not a package."""
+def _load_example() -> ModuleType:
+    """Import the example, which is a script, not a package."""
     spec = importlib.util.spec_from_file_location("chat_example_server", CHAT_SERVER)
     assert spec is not None
     assert spec.loader is not None
@@ -39,11 +43,27 @@ def _load_make_app() -> Callable[[str | None], web.Application]:
     # Registered before it runs: dataclasses look their module up in sys.modules.
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    make_app: Callable[[str | None], web.Application] = module.make_app
-    return make_app
+    return module
 
 
-make_app = _load_make_app()
+_example = _load_example()
+make_app: Callable[[str | None], web.Application] = _example.make_app
+ROOMS: web.AppKey[WebSocketApp] = _example.ROOMS
+
+
+def presence(count: int) -> dict[str, object]:
+    """The message that tells the room how many are in it."""
+    return {"type": "presence", "count": count}
+
+
+async def counted(rooms: WebSocketApp, room: str, expected: int) -> None:
+    """Wait until ``rooms`` counts ``expected`` in ``room``, in every process (SPEC §5: within
+    a second of a join or a leave)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1.0
+    while (count := await rooms.count(room)) != expected:
+        assert loop.time() < deadline, f"counted {count} in {room}, not {expected}"
+        await asyncio.sleep(0.01)
 
 
 # --- the protocol, with aiohttp's client ----------------------------------------------------
@@ -74,9 +94,11 @@ async def test_room_members_see_joins_messages_and_leaves(aiohttp_client: Aiohtt
     client = await aiohttp_client(make_app(None))
     alice = await client.ws_connect("/ws/lobby?name=alice")
     assert await alice.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "alice"}
+    assert await alice.receive_json(timeout=TIMEOUT) == presence(1)
     bob = await client.ws_connect("/ws/lobby?name=bob")
-    assert await bob.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
-    assert await alice.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
+    for member in (bob, alice):
+        assert await member.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
+        assert await member.receive_json(timeout=TIMEOUT) == presence(2)
 
     await alice.send_json({"type": "message", "text": "hi bob"})
     said = {"type": "message", "name": "alice", "text": "hi bob"}
@@ -85,6 +107,7 @@ async def test_room_members_see_joins_messages_and_leaves(aiohttp_client: Aiohtt
 
     await bob.close()
     assert await alice.receive_json(timeout=TIMEOUT) == {"type": "leave", "name": "bob"}
+    assert await alice.receive_json(timeout=TIMEOUT) == presence(1)
     await alice.close()
 
 
@@ -94,6 +117,7 @@ async def test_malformed_message_gets_an_error_and_the_connection_stays(
     client = await aiohttp_client(make_app(None))
     alice = await client.ws_connect("/ws/lobby?name=alice")
     await alice.receive_json(timeout=TIMEOUT)  # her own join notice
+    await alice.receive_json(timeout=TIMEOUT)  # the room's count
     await alice.send_str("not json")
     assert (await alice.receive_json(timeout=TIMEOUT))["type"] == "error"
     await alice.send_json({"type": "message", "text": "still here"})
@@ -110,15 +134,21 @@ async def test_rooms_are_shared_across_processes_through_redis(
     second = await aiohttp_client(make_app(redis_url))
     alice = await first.ws_connect("/ws/lobby?name=alice")
     assert await alice.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "alice"}
+    assert await alice.receive_json(timeout=TIMEOUT) == presence(1)
+    # A join counts in every process within a second: then the second server counts alice.
+    await counted(second.app[ROOMS], "lobby", 1)
     bob = await second.ws_connect("/ws/lobby?name=bob")
-    assert await bob.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
-    assert await alice.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
+    for member in (bob, alice):
+        assert await member.receive_json(timeout=TIMEOUT) == {"type": "join", "name": "bob"}
+        assert await member.receive_json(timeout=TIMEOUT) == presence(2)
 
     await bob.send_json({"type": "message", "text": "hi from the other process"})
     said = {"type": "message", "name": "bob", "text": "hi from the other process"}
     assert await alice.receive_json(timeout=TIMEOUT) == said
-    await alice.close()
     await bob.close()
+    assert await alice.receive_json(timeout=TIMEOUT) == {"type": "leave", "name": "bob"}
+    assert await alice.receive_json(timeout=TIMEOUT) == presence(1)
+    await alice.close()
 
 
 # --- the page, in headless Chromium ------------------------------------------------------------
@@ -188,6 +218,22 @@ async def test_closing_a_page_shows_a_leave_notice(
     bob = await _join(browser, chat_server, "bob", "A")
     await bob.close()
     await expect(_items(alice, "bob left")).to_have_count(1)
+
+
+async def test_the_page_shows_how_many_are_in_the_room(
+    chat_server: TestServer, browser: Browser
+) -> None:
+    from playwright.async_api import expect
+
+    alice = await _join(browser, chat_server, "alice", "A")
+    await expect(alice.locator("#presence")).to_have_text("1 person in the room")
+    bob = await _join(browser, chat_server, "bob", "A")
+    carol = await _join(browser, chat_server, "carol", "B")
+    await expect(alice.locator("#presence")).to_have_text("2 people in the room")
+    await expect(bob.locator("#presence")).to_have_text("2 people in the room")
+    await expect(carol.locator("#presence")).to_have_text("1 person in the room")
+    await bob.close()
+    await expect(alice.locator("#presence")).to_have_text("1 person in the room")
 
 
 async def test_page_reconnects_after_a_server_restart(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from redis_server import Node, RedisServer, free_port
 from support import TIMEOUT, require_module
 
 from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, create_app
-from aiohttp_wsapp.broker import Broadcast
+from aiohttp_wsapp.broker import Broadcast, Counts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 
 RECOVERY_TIMEOUT = 15.0
 """How long a test waits for the brokers to reconnect after Redis is back."""
+COUNTED_WITHIN = 1.0
+"""SPEC §5: with ``RedisBroker``, a join or leave counts in every process within a second."""
+SHORT_TTL = 1.5
+"""The expiry of a node's counts in the test of a killed node (the default is 15 s)."""
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
@@ -37,6 +42,23 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
         if loop.time() > deadline:
             raise AssertionError(f"still not true after {timeout} s: {condition.__name__}")
         await asyncio.sleep(0.02)
+
+
+async def wait_for_count(
+    count: Callable[[], Awaitable[int]], expected: int, timeout: float = COUNTED_WITHIN
+) -> float:
+    """Poll ``count()`` until it returns ``expected``; return how long that took.
+
+    Fails after ``timeout`` seconds, showing the last count.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    last = None
+    while (last := await count()) != expected:
+        if loop.time() - start > timeout:
+            raise AssertionError(f"counted {last}, not {expected}, after {timeout} s")
+        await asyncio.sleep(0.01)
+    return loop.time() - start
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -146,6 +168,13 @@ class NodeClient:
                 reply: dict[str, Any] = json.loads(message)
                 return reply
             self.received.append(message)
+
+    async def count(self, group: str | None = None) -> int:
+        """What ``await wsapp.count(group)`` returns in the node; fail if it raised."""
+        reply = await self.command("count", group=group)
+        assert reply["reply"] == "count", reply
+        count: int = reply["count"]
+        return count
 
     async def broadcast(self, data: str, **options: Any) -> None:
         """Make the node broadcast ``data``; fail if it could not."""
@@ -301,6 +330,63 @@ async def test_delivery_resumes_in_every_process_after_redis_restarts(
     assert await member.next() == "back"
 
 
+# -- presence across processes ------------------------------------------------------------------
+
+
+async def test_joins_and_leaves_count_in_every_process_within_a_second(
+    start_node: StartNode, connect: Connect
+) -> None:
+    a, b = await start_node(), await start_node()
+    a_first, a_second, b_first = await connect(a), await connect(a), await connect(b)
+    await wait_for_count(b_first.count, 3)
+    await wait_for_count(a_first.count, 3)
+
+    await a_first.command("join", group="room")
+    await wait_for_count(lambda: b_first.count("room"), 1)
+    await a_second.command("join", group="room")
+    await b_first.command("join", group="room")
+    await wait_for_count(lambda: b_first.count("room"), 3)
+    await wait_for_count(lambda: a_first.count("room"), 3)
+    await a_first.command("leave", group="room")
+    await wait_for_count(lambda: b_first.count("room"), 2)
+    await a_second.ws.close()  # a closed connection leaves its groups, and counts no more
+    await wait_for_count(lambda: b_first.count("room"), 1)
+    await wait_for_count(b_first.count, 2)
+    assert await b_first.count("elsewhere") == 0
+
+
+async def test_a_killed_process_stops_counting_when_its_counts_expire(
+    start_node: StartNode, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_NODE_PRESENCE_TTL", str(SHORT_TTL))
+    doomed = await start_node()
+    monkeypatch.delenv("REDIS_NODE_PRESENCE_TTL")
+    survivor = await start_node()
+    watcher = await connect(survivor)
+    for client in (await connect(doomed), await connect(doomed)):
+        await client.command("join", group="room")
+    await wait_for_count(lambda: watcher.count("room"), 2)
+
+    assert doomed.process is not None
+    doomed.process.send_signal(signal.SIGKILL)  # no clean stop: its counts stay until they expire
+    await doomed.process.wait()
+    # Written at most a third of the expiry before it died, they expire at most that late.
+    await wait_for_count(lambda: watcher.count("room"), 0, SHORT_TTL + COUNTED_WITHIN)
+    assert await watcher.count() == 1
+
+
+async def test_a_process_that_stops_stops_counting_at_once(
+    start_node: StartNode, connect: Connect
+) -> None:
+    leaving, staying = await start_node(), await start_node()
+    watcher = await connect(staying)
+    await (await connect(leaving)).command("join", group="room")
+    await wait_for_count(lambda: watcher.count("room"), 1)
+    await leaving.stop()  # SIGTERM: a graceful shutdown deletes its counts
+    await wait_for_count(lambda: watcher.count("room"), 0)
+    assert await watcher.count() == 1
+
+
 # -- in one process ------------------------------------------------------------------------------
 
 
@@ -335,6 +421,142 @@ async def test_broadcast_raises_broker_error_while_redis_is_down_then_resumes(
 
     await wait_until(published, RECOVERY_TIMEOUT)
     assert await ws.receive_str(timeout=TIMEOUT) == "after"
+
+
+async def test_count_raises_broker_error_while_redis_is_down_then_counts_again(
+    serve_local: ServeLocal, redis_server: RedisServer
+) -> None:
+    local, other = await serve_local(), await serve_local()
+    _, conn = await local.connect()
+    conn.join("room")
+    await wait_for_count(lambda: other.wsapp.count("room"), 1)
+
+    await redis_server.kill()
+    with pytest.raises(BrokerError, match=r"Redis at redis://127\.0\.0\.1:\d+/0"):
+        await local.wsapp.count("room")
+    with pytest.raises(BrokerError):
+        await other.wsapp.count()
+
+    await redis_server.start()  # empty: every process writes its counts again
+
+    async def counted_again() -> int:
+        try:
+            return await other.wsapp.count("room")
+        except BrokerError:
+            return -1
+
+    await wait_for_count(counted_again, 1, RECOVERY_TIMEOUT)
+    assert await local.wsapp.count() == 1
+
+
+async def test_this_process_counts_its_own_changes_at_once(serve_local: ServeLocal) -> None:
+    local = await serve_local()
+    ws, conn = await local.connect()
+    assert await local.wsapp.count() == 1
+    conn.join("room")
+    assert await local.wsapp.count("room") == 1
+    conn.leave("room")
+    assert await local.wsapp.count("room") == 0
+    await ws.close()
+    await wait_for_count(local.wsapp.count, 0, TIMEOUT)  # once the connection has finished
+
+
+async def test_counts_changing_fast_are_written_together_without_a_task_each(
+    make_broker: MakeBroker,
+) -> None:
+    broker, observer = make_broker(), make_broker()
+    sizes: dict[str, int] = {}
+    writes = 0
+    send_presence = broker._send_presence
+
+    async def counting_writes(counts: Counts) -> None:
+        nonlocal writes
+        writes += 1
+        await send_presence(counts)
+
+    broker._send_presence = counting_writes  # type: ignore[method-assign]
+    await broker.start(lambda broadcast: None, lambda: (sum(sizes.values()), sizes))
+    await observer.start(lambda broadcast: None)
+    try:
+        assert await observer.count("room") == 0  # meanwhile, the brokers' tasks have started
+        tasks = asyncio.all_tasks()
+        for n in range(1, 10_001):
+            sizes["room"] = n
+            broker.counts_changed()
+            if n % 1000 == 0:
+                assert asyncio.all_tasks() == tasks
+                await asyncio.sleep(0)  # not a wait for time: lets the broker's tasks run
+        await wait_for_count(lambda: observer.count("room"), 10_000)
+        assert writes <= 3  # the first, at start; then a few for the ten thousand changes
+        await broker.stop()
+        assert await observer.count("room") == 0  # a broker that stops deletes its counts
+    finally:
+        await broker.stop()
+        await observer.stop()
+
+
+async def test_counts_are_written_again_after_redis_was_silent(
+    make_broker: MakeBroker, redis_server: RedisServer
+) -> None:
+    broker, observer = make_broker(), make_broker()
+    broker._ping_interval = observer._ping_interval = 0.1  # silent for 0.3 s: lost
+    sizes = {"room": 1}
+    await broker.start(lambda broadcast: None, lambda: (1, sizes))
+    await observer.start(lambda broadcast: None)
+    try:
+        await wait_for_count(lambda: observer.count("room"), 1)
+        redis_server.pause()
+
+        async def refused() -> bool:
+            try:
+                await observer.count("room")
+            except BrokerError:
+                return True
+            return False
+
+        await wait_until(refused, RECOVERY_TIMEOUT)
+        sizes["room"] = 2
+        broker.counts_changed()  # while Redis answers nothing
+        redis_server.resume()
+
+        async def counted_again() -> int:
+            try:
+                return await observer.count("room")
+            except BrokerError:
+                return -1
+
+        await wait_for_count(counted_again, 2, RECOVERY_TIMEOUT)
+    finally:
+        await broker.stop()
+        await observer.stop()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "other_prefix"),
+    [
+        ("first", "second"),
+        ("app", "app:presence"),  # the keys of one start with the name of the other
+        ("app%3Ab", "app:b"),  # the escape character is escaped too
+    ],
+)
+async def test_brokers_with_another_prefix_do_not_count_each_other(
+    serve_local: ServeLocal, prefix: str, other_prefix: str
+) -> None:
+    one, two = await serve_local(prefix=prefix), await serve_local(prefix=prefix)
+    other, other_observer = (
+        await serve_local(prefix=other_prefix),
+        await serve_local(prefix=other_prefix),
+    )
+    for local in (one, two, other):
+        _, conn = await local.connect()
+        conn.join("room")
+    # Every hash is written: each counts the other's member of its prefix, and no more.
+    await wait_for_count(lambda: one.wsapp.count("room"), 2)
+    await wait_for_count(lambda: two.wsapp.count("room"), 2)
+    await wait_for_count(lambda: other_observer.wsapp.count("room"), 1)
+    assert await one.wsapp.count() == 2
+    assert await other.wsapp.count("room") == 1
+    assert await other.wsapp.count() == 1
 
 
 async def test_startup_fails_clearly_when_redis_is_unreachable(

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiohttp_wsapp.broker import Broadcast
-from aiohttp_wsapp.redis import RedisBroker, _Channels, _decode, _encode
+from aiohttp_wsapp.redis import RedisBroker, _Channels, _decode, _encode, _PresenceKeys
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -75,6 +75,24 @@ def test_different_prefixes_or_groups_never_share_a_channel(
 ) -> None:
     if first != second:
         assert _Channels(first[0]).of(first[1]) != _Channels(second[0]).of(second[1])
+
+
+# -- presence keys -------------------------------------------------------------------------------
+
+
+def test_the_default_prefix_presence_keys_read_as_documented() -> None:
+    keys = _PresenceKeys("aiohttp_wsapp")
+    assert keys.registry == b"aiohttp_wsapp:presence"
+    assert keys.of("0123456789abcdef") == b"aiohttp_wsapp:presence:0123456789abcdef"
+
+
+def test_presence_keys_escape_the_prefix_as_channels_do() -> None:
+    assert _PresenceKeys("50%:x").registry == b"50%25%3Ax:presence"
+    assert _PresenceKeys("app:presence").of("id") == b"app%3Apresence:presence:id"
+
+
+def test_counts_expire_after_15_seconds_by_default() -> None:
+    assert RedisBroker("redis://localhost")._presence_ttl == 15.0  # SPEC §5
 
 
 # -- messages ------------------------------------------------------------------------------------

@@ -18,8 +18,12 @@ processes share their rooms::
 
 Restart a server while pages are open: they reconnect by themselves, with backoff.
 
+The page shows how many are in the room, counted in every process with ``await
+wsapp.count(room)``: with ``--redis``, the people in the room on the other servers count too.
+
 Messages are JSON text frames. The page sends ``{"type": "message", "text": "..."}``; the server
-sends ``{"type": "join" | "leave", "name": "..."}``, ``{"type": "message", "name": "...",
+sends ``{"type": "join" | "leave", "name": "..."}``, each followed by ``{"type": "presence",
+"count": n}`` (how many are in the room now), ``{"type": "message", "name": "...",
 "text": "..."}`` and, to one connection only, ``{"type": "error", "text": "..."}``.
 """
 
@@ -35,9 +39,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from aiohttp_wsapp import BrokerError, Connection, WebSocketServer, create_app
+from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, WebSocketServer
 
-__all__ = ["main", "make_app"]
+__all__ = ["ROOMS", "main", "make_app"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_TEXT = 2000
@@ -49,6 +53,9 @@ _NAME = re.compile(r"[\w .'-]{1,32}")
 _ROOM = re.compile(r"[\w-]{1,32}")
 
 log = logging.getLogger("chat")
+
+ROOMS = web.AppKey("rooms", WebSocketApp)
+"""The endpoint of the rooms, on the application that :func:`make_app` returns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +96,14 @@ async def on_establish(
         await _announce(conn, member.room, {"type": "message", "name": member.name, "text": text})
 
     async def on_finish(conn: Connection) -> None:
-        # The closed connection has left the room already: this reaches the others only.
+        # The closed connection has left the room already: this reaches the others only, and
+        # the count leaves it out.
         await _announce(conn, member.room, {"type": "leave", "name": member.name})
+        await _announce_presence(conn, member.room)
 
     conn.on(message=on_message, finish=on_finish)
     await _announce(conn, member.room, {"type": "join", "name": member.name})
+    await _announce_presence(conn, member.room)
 
 
 def _chat_text(message: str | bytes) -> str | None:
@@ -112,7 +122,17 @@ def _chat_text(message: str | bytes) -> str | None:
     return text
 
 
-async def _announce(conn: Connection, room: str, event: dict[str, str]) -> None:
+async def _announce_presence(conn: Connection, room: str) -> None:
+    """Tell ``room`` how many are in it now, in every process."""
+    try:
+        count = await conn.app.count(room)
+    except BrokerError as exc:
+        log.warning("cannot count room %r: %s", room, exc)  # the next join or leave will
+        return
+    await _announce(conn, room, {"type": "presence", "count": count})
+
+
+async def _announce(conn: Connection, room: str, event: dict[str, str | int]) -> None:
     """Broadcast ``event`` to ``room``; when the broker is down, tell ``conn`` (if still open)."""
     try:
         await conn.app.broadcast(json.dumps(event), group=room)
@@ -141,10 +161,12 @@ def make_app(redis_url: str | None = None) -> web.Application:
         broker = RedisBroker(redis_url, prefix="aiohttp_wsapp.examples.chat")
     # The messages are small; a larger frame is not from our page.
     server = WebSocketServer(handshake=check_member, max_payload_size=16 * 1024)
+    rooms = WebSocketApp(on_establish, websocket_server=server, broker=broker)
     app = web.Application()
+    app[ROOMS] = rooms
     app.router.add_get("/", index)
     app.router.add_static("/static", STATIC)
-    app.add_subapp("/ws", create_app(on_establish, websocket_server=server, broker=broker))
+    app.add_subapp("/ws", rooms.to_app())
     return app
 
 

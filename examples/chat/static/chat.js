@@ -13,6 +13,7 @@ const roomInput = $("room");
 const textInput = $("text");
 const sendButton = $("send-button");
 const statusLine = $("status");
+const presence = $("presence");
 const messages = $("messages");
 
 // The current membership; a socket of an older one is ignored, so switching rooms
@@ -25,6 +26,14 @@ function setStatus(state, text) {
   const open = state === "connected";
   textInput.disabled = !open;
   sendButton.disabled = !open;
+}
+
+// How many are in the room, in every server process; null hides it (not in a room).
+function setPresence(count) {
+  presence.hidden = count === null;
+  presence.dataset.count = count === null ? "" : String(count);
+  presence.textContent =
+    count === null ? "" : `${count} ${count === 1 ? "person" : "people"} in the room`;
 }
 
 function socketUrl(name, room) {
@@ -50,9 +59,11 @@ function connect(current) {
     if (session === current) show(JSON.parse(event.data), current);
   });
   socket.addEventListener("close", () => {
+    if (session !== current) return;
+    setPresence(null); // until the server counts again
     // Closed before it opened: the server is down, or refused the handshake (a page
     // cannot tell which: browsers hide the HTTP status of a failed WebSocket handshake).
-    if (session === current) reconnectLater(current, opened ? "Disconnected" : "Cannot connect");
+    reconnectLater(current, opened ? "Disconnected" : "Cannot connect");
   });
 }
 
@@ -76,6 +87,7 @@ function join(name, room) {
 
 function leave() {
   if (session === null) return;
+  setPresence(null);
   const old = session;
   session = null;
   clearTimeout(old.timer);
@@ -90,6 +102,10 @@ function element(tag, className, text) {
 }
 
 function show(event, current) {
+  if (event.type === "presence") {
+    setPresence(event.count);
+    return;
+  }
   const item = element("li", event.type);
   item.append(element("time", "time", new Date().toLocaleTimeString([], { timeStyle: "short" })));
   if (event.type === "message") {
