@@ -1,7 +1,10 @@
 """Two servers measured at the same time: the ratio that survives a noisy machine.
 
 Usage: ``python -m benchmarks.pair [--baseline raw_aiohttp] [--contender aiohttp_wsapp_defaults]
-[--connections 1,50,500] [--rounds 5] [--seconds 3]``.
+[--connections 1,50,500] [--rounds 5] [--seconds 3] [--deflate MESSAGE]``.
+
+With ``--deflate text32`` (or ``json4k``) the load clients are the browser-like ones of
+``benchmarks.deflate_client``, which negotiate permessage-deflate, echoing that message.
 
 Sequential rounds on a shared VM swing by ±25 %, enough to turn a slower server into a faster
 one. Here both servers run at once, pinned to the same core, and each gets its own load client,
@@ -20,25 +23,37 @@ import sys
 from contextlib import ExitStack
 from typing import Any
 
-from benchmarks.run import FULL, ROOT, ServerFailed, client_command, echo_step, server
+from benchmarks.run import (
+    DEFLATE_CLIENT,
+    FULL,
+    ROOT,
+    ServerFailed,
+    client_command,
+    echo_step,
+    server,
+)
 from benchmarks.servers import SERVERS
 
 __all__ = ["main", "measure_pair"]
 
 
 def measure_pair(
-    baseline: str, contender: str, connections: int, seconds: float
+    baseline: str, contender: str, connections: int, seconds: float, deflate: str | None = None
 ) -> tuple[float, float]:
     """Echo round trips/s of both servers, measured at the same time on shared cores."""
     specs = {spec.name: spec for spec in SERVERS}
     profile = FULL
     step = echo_step(profile, connections, size=profile.echo_size, binary=False)
+    module = "benchmarks.client"
+    if deflate is not None:
+        step |= {"message": deflate, "deflate": True}
+        module = DEFLATE_CLIENT
     plan = [step | {"duration": seconds}]
     with ExitStack() as stack:
         running = [stack.enter_context(server(specs[name])) for name in (baseline, contender)]
         children = [
             subprocess.Popen(
-                client_command(target, plan), cwd=ROOT, stdout=subprocess.PIPE, text=True
+                client_command(target, plan, module), cwd=ROOT, stdout=subprocess.PIPE, text=True
             )
             for target in running
         ]
@@ -57,12 +72,15 @@ def main() -> None:
     parser.add_argument("--connections", default="1,50,500")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--deflate", help="echo this message through deflate clients: text32, ...")
     args = parser.parse_args()
     summary: dict[int, Any] = {}
     for connections in (int(n) for n in args.connections.split(",")):
         ratios = []
         for _ in range(args.rounds):
-            base, other = measure_pair(args.baseline, args.contender, connections, args.seconds)
+            base, other = measure_pair(
+                args.baseline, args.contender, connections, args.seconds, args.deflate
+            )
             ratios.append(other / base)
             print(
                 f"{connections:4} connections: {args.baseline} {base:9.0f}/s, "
