@@ -279,11 +279,12 @@ def client_frame_of(size: int) -> bytes:
 async def test_heartbeat_does_not_ping_a_peer_that_keeps_talking(
     serve: Serve, recorder: Recorder
 ) -> None:
-    endpoint = await serve(recorder.on_establish, websocket_server=WebSocketServer(heartbeat=0.3))
+    endpoint = await serve(recorder.on_establish, websocket_server=WebSocketServer(heartbeat=1.0))
     host, port = address(endpoint.server)
     client = await RawWebSocket.connect(host, port, "/websocket")
     await recorder.connection()
-    for _ in range(40):  # 2 s of messages, every 50 ms: several heartbeat rounds
+    # 2.5 s of messages, every 50 ms: two heartbeat rounds, with room for a slow machine's stalls
+    for _ in range(50):
         client.send_text("still here")
         await asyncio.sleep(0.05)
     client.send_close(1000)
