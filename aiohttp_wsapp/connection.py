@@ -62,6 +62,16 @@ _SEND_BUFFER_OVERFLOW = "send buffer overflow"
 _NO_STATUS_RECEIVED: Final = 1005
 _JOIN_LIMIT: Final = 16 * 1024
 """Payloads up to this size go out joined to their header in one write."""
+_READ_SIZE: Final = 127 * 1024
+"""The most one read of the socket takes (asyncio's default is 256 KiB).
+
+asyncio reads into a new bytes object of that size. At 256 KiB that is above glibc's mmap
+threshold (128 KiB), so unless the heap happens to hold a free block that large, every read
+of a short message maps 256 KiB, remaps it to the few bytes read and unmaps it: three system
+calls and a page fault per message, which made an echo through deflate clients 0.85x raw
+aiohttp. A read under the threshold comes from the heap. It costs a connection streaming
+64 KiB messages about 6 % (more reads), measured in ``benchmarks.pair``.
+"""
 _PROCESS_ID: Final = secrets.token_hex(8)
 _CONNECTION_NUMBERS: Final = itertools.count()
 _PACK_CLOSE_CODE = struct.Struct("!H").pack
@@ -310,9 +320,11 @@ class Connection:
         self._transport = transport
         # transport.close() waits for the buffer to flush, without a limit, and asyncio calls it
         # on the peer's end of stream without telling aiohttp: every call of it starts closing.
-        # (uvloop's transports take no attributes: there the heartbeat notices the closing.)
+        # (uvloop's transports take no attributes: there the heartbeat notices the closing,
+        # and reads go through a buffer of the loop's own.)
         with contextlib.suppress(AttributeError):
             transport.close = self._close_transport  # type: ignore[method-assign]
+            transport.max_size = _READ_SIZE  # type: ignore[attr-defined]
         self._loop = asyncio.get_running_loop()
         settings = app.websocket_server
         self._send_buffer_limit = settings.send_buffer_limit
