@@ -384,11 +384,16 @@ class EchoRun(Run):
     latencies_ns: list[int] = field(default_factory=list)
     wire_bytes: int = 0
     wrong: int = 0
+    #: With a ``rate``: the least time between two messages of one connection, else 0.
+    interval_ns: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class EchoPeer(BrowserPeer):
-    """Sends the script's next message as soon as the previous one came back (and checks it)."""
+    """Sends the script's next message once the previous one came back (and checks it).
+
+    Paced (``interval_ns``), it waits until that long after the previous message was sent.
+    """
 
     run: EchoRun
 
@@ -398,7 +403,9 @@ class EchoPeer(BrowserPeer):
         self.sent_at = 0
 
     def fire(self) -> None:
-        """Send one message."""
+        """Send one message, unless the run is over."""
+        if not self.run.running:
+            return
         self.run.outstanding += 1
         self.sent_at = time.perf_counter_ns()
         self.send_next()
@@ -415,12 +422,17 @@ class EchoPeer(BrowserPeer):
         if run.measuring:
             run.latencies_ns.append(now - self.sent_at)
             run.wire_bytes += wire
-        if run.running:
-            run.outstanding += 1
-            self.sent_at = now
-            self.send_next()
-        elif run.outstanding == 0:
-            run.drained.set()
+        if not run.running:
+            if run.outstanding == 0:
+                run.drained.set()
+            return
+        wait_ns = self.sent_at + run.interval_ns - now
+        if wait_ns > 0:
+            asyncio.get_running_loop().call_later(wait_ns / 1e9, self.fire)
+            return
+        run.outstanding += 1
+        self.sent_at = now
+        self.send_next()
 
 
 async def echo_step(
@@ -428,14 +440,22 @@ async def echo_step(
 ) -> dict[str, Any]:
     """Round trips of the ``message`` script on ``connections`` connections, one in flight each.
 
+    With ``rate`` (messages/s for all connections together) each connection is paced to its
+    share of it, so the server is measured below saturation.
+
     The result adds ``wire_bytes``, the mean payload size of an echo as the server sent it.
     """
     run = EchoRun(url, step["deflate"], step["message"])
+    if step.get("rate"):
+        run.interval_ns = int(step["connections"] / step["rate"] * 1e9)
     peers = await connect_many(url, lambda: EchoPeer(run), step["connections"])
-    for peer in peers:
-        peer.fire()
+    loop = asyncio.get_running_loop()
+    for index, peer in enumerate(peers):  # paced connections start spread over one interval
+        loop.call_later(index * run.interval_ns / len(peers) / 1e9, peer.fire)
     result = await measure_window(cpu, step["warmup"], step["duration"], run)
     run.running = False
+    if run.outstanding == 0:
+        run.drained.set()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(run.drained.wait(), CLOSE_TIMEOUT)
     await close_all(peers)
@@ -583,28 +603,29 @@ async def read_memory(
 ) -> dict[str, float]:
     """Server RSS growth per connection, over ``before`` (the RSS after :func:`warm_up`).
 
-    ``opened``: the connections just opened (and ``settle`` s passed); ``idle``: then each sent
-    one 32-byte text and got it back; ``after``: then the server broadcast
-    ``memory_broadcasts`` messages of ``memory_payload`` to all. The server runs with
-    ``--broadcast``; each reading follows ``settle`` seconds of quiet.
+    ``opened``: the connections just opened (and ``settle`` s passed); ``after``: then the
+    server broadcast ``memory_broadcasts`` messages of ``memory_payload`` to all; ``echoed``:
+    then each connection sent one 32-byte text and got it back, which makes a server that
+    negotiated deflate keep a decompressor for it. The server runs with ``--broadcast``; each
+    reading follows ``settle`` seconds of quiet.
     """
     count = len(peers)
     opened = cpu.server.memory_info().rss
-    await echo_everyone(peers, current)
-    await asyncio.sleep(step["settle"])
-    idle = cpu.server.memory_info().rss
     for _ in range(step["memory_broadcasts"]):
         await broadcast_once(peers[0], current, count, step["memory_payload"], next(seq))
     await asyncio.sleep(step["settle"])
     after = cpu.server.memory_info().rss
+    await echo_everyone(peers, current)
+    await asyncio.sleep(step["settle"])
+    echoed = cpu.server.memory_info().rss
     return {
         "rss_before": before,
         "rss_opened": opened,
-        "rss_idle": idle,
         "rss_after": after,
+        "rss_echoed": echoed,
         "opened_kib_per_conn": (opened - before) / count / 1024,
-        "idle_kib_per_conn": (idle - before) / count / 1024,
         "after_kib_per_conn": (after - before) / count / 1024,
+        "echoed_kib_per_conn": (echoed - before) / count / 1024,
     }
 
 
