@@ -535,13 +535,22 @@ async def broadcast_once(
 
 
 async def echo_everyone(peers: list[BroadcastPeer], current: list[Tally]) -> None:
-    """Each connection sends the script's first message; wait until every echo is back."""
-    assert peers[0].script is not None
-    peers[0].script.frame(0)
-    tally = Tally(expected=len(peers), payload=peers[0].script.texts[0], took=0.0)
+    """Each connection sends the script's first message; wait until every echo is back.
+
+    The control connection, which has sent commands of its own, sends it with its own
+    compressor.
+    """
+    script = peers[0].script
+    assert script is not None
+    script.frame(0)  # builds the first message
+    text = script.texts[0]
+    tally = Tally(expected=len(peers), payload=text, took=0.0)
     current.append(tally)
     for peer in peers:
-        peer.send_next()
+        if peer.own is None:
+            peer.send_next()
+        else:
+            peer.send_text(text.decode())
     await expect(tally, current)
 
 

@@ -419,42 +419,37 @@ def deflate_memory_table(results: Results) -> list[str]:
     profile = results.profile
     rows = []
     for spec in deflate_specs(results):
-        idle = results.median("deflate_mem_deflate.idle_kib", spec.name)
-        if idle is None:
+        if results.median("deflate_mem_deflate.opened_kib", spec.name) is None:
             continue
         plain_name = "aiohttp_wsapp" if spec.name == "aiohttp_wsapp_dedicated" else spec.name
-        opened = results.median("deflate_mem_deflate.opened_kib", spec.name)
-        plain_opened = results.median("deflate_mem_plain.opened_kib", plain_name)
-        plain_idle = results.median("deflate_mem_plain.idle_kib", plain_name)
-        after = results.median("deflate_mem_deflate.after_kib", spec.name)
-        plain_after = results.median("deflate_mem_plain.after_kib", plain_name)
-        ws_after = results.median("deflate_mem_deflate.after_kib", "websockets")
-        rows.append([
-            spec.label, fmt(opened, fmt_2), fmt(plain_opened, fmt_2),
-            fmt_ratio(quotient(opened, plain_opened)),
-            fmt(idle, fmt_2), fmt(plain_idle, fmt_2), fmt_ratio(quotient(idle, plain_idle)),
-            fmt(after, fmt_2), fmt(plain_after, fmt_2),
-            fmt_ratio(quotient(after, plain_after)), fmt_ratio(quotient(after, ws_after)),
-        ])  # fmt: skip
+        row = [spec.label]
+        for stage in ("opened", "after", "echoed"):
+            deflate = results.median(f"deflate_mem_deflate.{stage}_kib", spec.name)
+            plain = results.median(f"deflate_mem_plain.{stage}_kib", plain_name)
+            row += [fmt(deflate, fmt_2), fmt(plain, fmt_2), fmt_ratio(quotient(deflate, plain))]
+            if stage == "after":
+                websockets = results.median("deflate_mem_deflate.after_kib", "websockets")
+                row.append(fmt_ratio(quotient(deflate, websockets)))
+        rows.append(row)
     if not rows:
         return []
+    broadcasts = profile.deflate_memory_broadcasts
     header = ["server", "opened, deflate", "opened, plain", "x plain",
-              "idle, deflate", "idle, plain", "x plain",
-              f"after {profile.deflate_memory_broadcasts} broadcasts, deflate",
-              "after, plain", "x plain", "x websockets"]  # fmt: skip
+              f"after {broadcasts} broadcasts, deflate", "after, plain", "x plain",
+              "x websockets", "echoed, deflate", "echoed, plain", "x plain"]  # fmt: skip
+    payload = MESSAGE_LABELS.get(profile.deflate_memory_payload, profile.deflate_memory_payload)
     return [
         f"### (8) Server RSS per connection (KiB), {profile.deflate_broadcast_connections:,} "
         "connections",
         "",
         'As (4): RSS growth over a warmed-up server, divided by the connections. "Opened": right '
-        'after the handshakes; "idle": then each connection sent one 32-byte text (compressed, '
-        "as a browser does) and got it back, as in (4); "
-        f'"after": then {profile.deflate_memory_broadcasts} broadcasts of the '
-        f"{MESSAGE_LABELS.get(profile.deflate_memory_payload, profile.deflate_memory_payload)}. "
-        "Ratios are of medians. aiohttp_wsapp's plain figures stand for both modes. The browser "
-        "compresses with context, so from its first compressed message on a server keeps a "
-        "decompressor for that connection (with aiohttp's reader, about 10 KiB once it has "
-        "inflated a short message): part of the step from opened to idle.",
+        f'after the handshakes, never a message; "after": then {broadcasts} broadcasts of the '
+        f'{payload}; "echoed": then each connection sent one 32-byte text (compressed, as a '
+        "browser does) and got it back. Ratios are of medians. aiohttp_wsapp's plain figures "
+        "stand for both modes. The browser compresses with context, so from its first compressed "
+        "message on a server keeps a decompressor for that connection: with aiohttp's reader, "
+        "which aiohttp_wsapp uses too, about 10 KiB once it has inflated a short message, and up "
+        "to 40 KiB (a 32 KiB window) as more arrives. That is the step from after to echoed.",
         "",
         *table(header, rows),
     ]
@@ -478,8 +473,8 @@ def deflate_target_rows(results: Results) -> list[list[str]]:
             f"≤ {limit:.2f}x plain peers", results.between(key, plain, CANDIDATE), limit,
         ))  # fmt: skip
     for stage, label in (
-        ("idle", "(8) RSS per idle connection (one message each way, as in (4))"),
-        ("opened", "(8) RSS per connection right after the handshake"),
+        ("opened", "(8) RSS per idle connection (never a message)"),
+        ("after", "(8) RSS per connection after the broadcasts"),
     ):
         ratio = quotient(
             results.median(f"deflate_mem_deflate.{stage}_kib", CANDIDATE),

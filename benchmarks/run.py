@@ -317,8 +317,8 @@ def deflate_echo_plan(profile: Profile) -> list[dict[str, Any]]:
 def deflate_broadcast_plan(profile: Profile, peers: str) -> list[dict[str, Any]]:
     """Scenarios (8), then (7), on connections of one kind (deflate or plain).
 
-    (8): the server's RSS per connection, opened, idle, after a few broadcasts; (7): then each
-    payload broadcast to the same connections, timed.
+    (8): the server's RSS per connection, opened, after a few broadcasts, after an echo each;
+    (7): then each payload broadcast to the same connections, timed.
     """
     return [{
         "kind": "broadcast", "connections": profile.deflate_broadcast_connections,
@@ -348,7 +348,7 @@ def record_deflate_broadcast(
     ``deflate_bcast_<peers>_<payload>.<field>``, times in ms."""
     if peers == "deflate":
         results.negotiated[name] = outcome[0]["negotiated"]
-    for stage in ("opened", "idle", "after"):
+    for stage in ("opened", "after", "echoed"):
         results.add(f"deflate_mem_{peers}.{stage}_kib", name, outcome[0][f"{stage}_kib_per_conn"])
     for payload, step in outcome[0]["payloads"].items():
         key = f"deflate_bcast_{peers}_{payload}"
