@@ -70,7 +70,8 @@ threshold (128 KiB), so unless the heap happens to hold a free block that large,
 of a short message maps 256 KiB, remaps it to the few bytes read and unmaps it: three system
 calls and a page fault per message, which made an echo through deflate clients 0.85x raw
 aiohttp. A read under the threshold comes from the heap. It costs a connection streaming
-64 KiB messages about 6 % (more reads), measured in ``benchmarks.pair``.
+64 KiB messages about 6 % (more reads), measured against 256 KiB reads with both servers
+running at once.
 """
 _SMALL_READS: dict[type[asyncio.Transport], type[asyncio.Transport]] = {}
 """Each transport class that reads more than ``_READ_SIZE``, with its subclass that does not."""

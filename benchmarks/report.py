@@ -76,13 +76,7 @@ class Results:
         seconds apart under the same conditions; pairing them cancels the drift of a shared
         machine better than a ratio of medians does (used when the rounds do not pair up).
         """
-        samples, base = self.values[key].get(server), self.values[key].get(BASELINE)
-        if not samples or not base:
-            return None
-        if len(samples) == len(base) and all(base):
-            return statistics.median(value / ref for value, ref in zip(samples, base, strict=True))
-        base_median = statistics.median(base)
-        return statistics.median(samples) / base_median if base_median else None
+        return paired_ratio(self.values[key].get(server), self.values[key].get(BASELINE))
 
     def between(self, key: str, base_key: str, server: str) -> float | None:
         """One server's ``key`` over its own ``base_key``: the median of the paired ratios.
@@ -90,13 +84,7 @@ class Results:
         The values pair up when both keys have as many (the same rounds, the same repeats);
         otherwise it is the ratio of the medians.
         """
-        samples, base = self.values[key].get(server), self.values[base_key].get(server)
-        if not samples or not base:
-            return None
-        if len(samples) == len(base) and all(base):
-            return statistics.median(value / ref for value, ref in zip(samples, base, strict=True))
-        base_median = statistics.median(base)
-        return statistics.median(samples) / base_median if base_median else None
+        return paired_ratio(self.values[key].get(server), self.values[base_key].get(server))
 
 
 Formatter = Callable[[float], str]
@@ -453,6 +441,16 @@ def deflate_memory_table(results: Results) -> list[str]:
         "",
         *table(header, rows),
     ]
+
+
+def paired_ratio(samples: list[float] | None, base: list[float] | None) -> float | None:
+    """The median of ``samples[i] / base[i]`` when they pair up, else the ratio of medians."""
+    if not samples or not base:
+        return None
+    if len(samples) == len(base) and all(base):
+        return statistics.median(value / ref for value, ref in zip(samples, base, strict=True))
+    base_median = statistics.median(base)
+    return statistics.median(samples) / base_median if base_median else None
 
 
 def quotient(value: float | None, base: float | None) -> float | None:
