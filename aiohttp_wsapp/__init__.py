@@ -14,6 +14,7 @@ from .errors import (
     ConnectionClosed,
 )
 from .server import WebSocketServer
+from .stats import Stats
 
 __version__ = "0.1.0"
 """The version of the package."""
@@ -31,6 +32,7 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "ConnectionState",
+    "Stats",
     "WebSocketApp",
     "WebSocketServer",
     "__version__",

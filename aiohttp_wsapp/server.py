@@ -109,6 +109,19 @@ class WebSocketServer:
     :param close_timeout: however the closing starts (either side's close, a protocol error,
         the peer's end of stream, a heartbeat timeout, a handler error, shutdown), the socket is
         dropped at most this many seconds later, whatever is still in its send buffer.
+    :param idle_timeout: seconds; a connection whose peer has sent no message for that long
+        (pongs do not count), counted from its establishment or its last message, is closed
+        with 1001, reason ``idle timeout``. Checked a few times per period, never per message:
+        the close comes up to a quarter of the setting late. ``None`` (default): never.
+    :param max_lifetime: seconds; a connection open for that long, plus a random jitter of up
+        to a tenth of it (so that connections opened together do not close together), is
+        closed with 1001, reason ``max lifetime``. Its client reconnects, possibly to another
+        server: after a deploy or a scale-up, connections spread over the servers again.
+        ``None`` (default): never.
+    :param max_message_rate: messages per second a peer may send, on average: a token bucket
+        refilled at that rate that holds ``max(rate, 1)`` messages (the burst allowed). The
+        message that finds it empty is not dispatched, and the connection is closed with 1008,
+        reason ``rate limit``. ``None`` (default): no limit.
     :raises TypeError: a callback is not callable, or a setting has the wrong type.
     :raises ValueError: a size or duration is not positive, ``compress`` is not one of its
         values, or ``compress_window_bits`` is outside 9-15.
@@ -128,6 +141,9 @@ class WebSocketServer:
         allowed_origins: str | Iterable[str] | OriginCheck | None = None,
         send_buffer_limit: int = 16 * MiB,
         close_timeout: float = 10.0,
+        idle_timeout: float | None = None,
+        max_lifetime: float | None = None,
+        max_message_rate: float | None = None,
     ) -> None:
         _callable_or_none("handshake", handshake)
         _callable_or_none("validator", validator)
@@ -137,6 +153,9 @@ class WebSocketServer:
         _positive_number("heartbeat", heartbeat, optional=True)
         _positive_number("send_buffer_limit", send_buffer_limit)
         _positive_number("close_timeout", close_timeout)
+        _positive_number("idle_timeout", idle_timeout, optional=True)
+        _positive_number("max_lifetime", max_lifetime, optional=True)
+        _positive_number("max_message_rate", max_message_rate, optional=True)
         self.handshake = handshake
         self.validator = validator
         self.protocols = tuple(protocols)
@@ -148,6 +167,9 @@ class WebSocketServer:
         self.allowed_origins = _origin_policy(allowed_origins)
         self.send_buffer_limit = send_buffer_limit
         self.close_timeout = close_timeout
+        self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
+        self.max_message_rate = max_message_rate
 
     async def _run_handshake(
         self, request: web.Request, response: web.WebSocketResponse

@@ -49,7 +49,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 
 PYTHON = "python"
-NOT_PYTHON = {"sh", "console", "nginx", "javascript", "perl", "toml", "text", "ini"}
+NOT_PYTHON = {"sh", "console", "nginx", "javascript", "perl", "toml", "text", "ini", "yaml"}
 """The other languages a code block may be in; none of them is executed."""
 
 PYTEST_CONFIG = """\
@@ -944,12 +944,16 @@ _AUTO = re.compile(r"^\.\. auto(?:class|function|data|exception):: (?P<name>[\w.
 
 
 def public_names() -> dict[str, object]:
-    """Every public name: ``aiohttp_wsapp.__all__``, and ``aiohttp_wsapp.redis.RedisBroker``."""
+    """Every public name: ``aiohttp_wsapp.__all__``, ``aiohttp_wsapp.redis.RedisBroker`` and
+    ``aiohttp_wsapp.prometheus.__all__``."""
     names: dict[str, object] = {
         name: getattr(aiohttp_wsapp, name) for name in aiohttp_wsapp.__all__
     }
     redis = importlib.import_module("aiohttp_wsapp.redis")
     names["redis.RedisBroker"] = redis.RedisBroker
+    prometheus = importlib.import_module("aiohttp_wsapp.prometheus")
+    for name in prometheus.__all__:
+        names[f"prometheus.{name}"] = getattr(prometheus, name)
     return names
 
 
