@@ -21,7 +21,7 @@ __all__ = [
     "PROTOCOL_ERROR",
     "RATE_LIMIT",
     "SEND_BUFFER_OVERFLOW",
-    "BrokerCounts",
+    "BrokerCounters",
     "Counters",
     "Stats",
 ]
@@ -105,8 +105,13 @@ class Stats:
     """Times the broker connected again after losing its server; ``None`` without a broker."""
 
 
-class BrokerCounts:
-    """What a broker has done, for :class:`Stats`: a broker increments these where it happens."""
+class BrokerCounters:
+    """What a broker has done, for :class:`Stats` (``Broker.counters``).
+
+    The endpoint counts what goes through its hands: ``published`` and the ``errors`` of
+    ``publish``, and ``received`` (every broadcast the broker delivers). The broker counts what
+    only it sees: the ``errors`` of its connection (a connection lost) and ``reconnects``.
+    """
 
     __slots__ = ("errors", "published", "received", "reconnects")
 
@@ -168,7 +173,7 @@ class Counters:
         """Count a connection dropped for ``cause``, one of :data:`DROP_CAUSES`."""
         self.dropped[cause] += 1
 
-    def snapshot(self, connections_open: int, broker: BrokerCounts | None = None) -> Stats:
+    def snapshot(self, connections_open: int, broker: BrokerCounters | None = None) -> Stats:
         """Return these counts as a :class:`Stats`, with ``connections_open`` and the broker's."""
         return Stats(
             connections_open=connections_open,
