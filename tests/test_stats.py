@@ -13,7 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest import Serve, echo
-from rawws import Opcode, RawWebSocket, address, build_frame
+from pytest_aiohttp import AiohttpClient
+from rawws import Opcode, RawWebSocket, address, build_frame, until
+from redis_server import RedisServer
 from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import (
@@ -22,8 +24,10 @@ from aiohttp_wsapp import (
     ORIGIN_NOT_ALLOWED,
     SHUTTING_DOWN,
     TOO_MANY_CONNECTIONS,
+    BrokerError,
     Connection,
     Stats,
+    WebSocketApp,
     WebSocketServer,
 )
 
@@ -289,3 +293,37 @@ async def test_a_snapshot_never_changes_and_counts_never_go_down(
         if field.name != "connections_open" and isinstance(getattr(after, field.name), int):
             assert getattr(before, field.name) <= getattr(during, field.name)
             assert getattr(during, field.name) <= getattr(after, field.name)
+
+
+async def test_broker_figures_with_redis(
+    aiohttp_client: AiohttpClient, recorder: Recorder, redis_server: RedisServer
+) -> None:
+    from aiohttp_wsapp.redis import RedisBroker
+
+    wsapps = [
+        WebSocketApp(recorder.on_establish, broker=RedisBroker(redis_server.url)) for _ in "ab"
+    ]
+    one, two = [await aiohttp_client(wsapp.to_app()) for wsapp in wsapps]
+    async with one.ws_connect("/") as first, two.ws_connect("/") as second:
+        await wsapps[0].broadcast("to every process")
+        assert await first.receive_str(timeout=TIMEOUT) == "to every process"
+        assert await second.receive_str(timeout=TIMEOUT) == "to every process"
+        sender, other = (wsapp.stats() for wsapp in wsapps)
+        assert (sender.broadcasts, sender.broker_published, sender.broker_received) == (1, 1, 1)
+        assert (other.broadcasts, other.broker_published, other.broker_received) == (0, 0, 1)
+        assert sender.broadcast_frames == other.broadcast_frames == 1
+        assert sender.broker_errors == other.broker_errors == 0
+        assert sender.broker_reconnects == other.broker_reconnects == 0
+
+        await redis_server.kill()
+        await until(lambda: wsapps[1].stats().broker_errors == 1)  # it lost its connection
+        with pytest.raises(BrokerError):
+            await wsapps[0].broadcast("lost")
+        await redis_server.start()
+        await until(lambda: all(wsapp.stats().broker_reconnects == 1 for wsapp in wsapps), 15)
+        sender = wsapps[0].stats()
+        assert sender.broker_published == 1
+        assert sender.broker_errors == 2  # the lost connection, and the broadcast that failed
+        assert wsapps[1].stats().broker_errors == 1
+    for client in (one, two):
+        await client.close()  # stops the brokers while their Redis still runs

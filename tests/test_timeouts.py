@@ -29,15 +29,17 @@ SETTINGS = ("idle_timeout", "max_lifetime", "max_message_rate")
 def test_settings_refuse_what_is_not_a_positive_number(
     name: str, value: object, error: type[Exception]
 ) -> None:
+    options: dict[str, Any] = {name: value}
     with pytest.raises(error, match=name):
-        WebSocketServer(**{name: value})
+        WebSocketServer(**options)
 
 
 @pytest.mark.parametrize("name", SETTINGS)
 def test_settings_default_to_none_and_keep_their_value(name: str) -> None:
     assert getattr(WebSocketServer(), name) is None
-    assert getattr(WebSocketServer(**{name: 2.5}), name) == 2.5
-    assert getattr(WebSocketServer(**{name: 3}), name) == 3
+    for value in (2.5, 3):
+        options: dict[str, Any] = {name: value}
+        assert getattr(WebSocketServer(**options), name) == value
 
 
 class Timed:
@@ -63,7 +65,7 @@ async def read_close(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> tup
     while True:
         message = await ws.receive(timeout)
         if message.type is WSMsgType.CLOSE:
-            return message.data, message.extra, loop.time()
+            return message.data, message.extra or "", loop.time()
         assert message.type in (WSMsgType.TEXT, WSMsgType.BINARY), message
 
 
@@ -172,6 +174,8 @@ async def test_connections_close_with_1001_after_max_lifetime_with_jitter(
     # (8 uniform draws over a tenth of the lifetime all within a fiftieth: probability ~1e-4;
     # without jitter, they would all be equal to a few milliseconds).
     assert max(lifetimes) - min(lifetimes) >= LIFETIME / 50, lifetimes
+    for _ in range(count):
+        await recorder.finish()
     stats = endpoint.wsapp.stats()
     assert stats.dropped["max lifetime"] == count
     assert stats.finished == {1001: count}
@@ -197,6 +201,7 @@ async def test_a_burst_up_to_the_rate_passes_the_next_message_closes_with_1008(
     assert (message.type, message.data, message.extra) == (WSMsgType.CLOSE, 1008, "rate limit")
     assert echoed == [str(number) for number in range(rate)]  # the 6th was not dispatched
     assert recorder.messages == echoed
+    await recorder.finish()
     stats = endpoint.wsapp.stats()
     assert stats.messages_received == rate
     assert stats.dropped["rate limit"] == 1
