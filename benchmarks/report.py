@@ -11,15 +11,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 
 from benchmarks.machine import cpu_model
+from benchmarks.profiles import Profile
 from benchmarks.servers import ServerSpec
-
-if TYPE_CHECKING:
-    from benchmarks.run import Profile
 
 __all__ = ["Results", "write_report"]
 
