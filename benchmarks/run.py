@@ -152,7 +152,8 @@ def server(spec: ServerSpec, *, broadcast: bool = False) -> Iterator[RunningServ
     """Start ``spec``'s server pinned to the server core; stop it afterwards."""
     port = free_port()
     command = ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", spec.module]
-    command += ["--host", HOST, "--port", str(port)] + (["--broadcast"] if broadcast else [])
+    command += ["--host", HOST, "--port", str(port), *spec.args]
+    command += ["--broadcast"] if broadcast else []
     with tempfile.NamedTemporaryFile(prefix=f"bench-{spec.name}-", suffix=".log") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         running = RunningServer(spec, port, process, Path(log.name))
@@ -521,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             broadcast_rounds=rounds,
             deflate_broadcast_rounds=rounds,
         )
-    specs = list(SERVERS)
+    specs = [spec for spec in SERVERS if not spec.optional]
     if args.servers:
         wanted = set(args.servers.split(","))
         specs = [spec for spec in SERVERS if spec.name in wanted]
