@@ -13,10 +13,13 @@ every process's.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Broadcast", "Broker", "Counts", "Deliver"]
+from .stats import BrokerCounters
+
+__all__ = ["Broadcast", "Broker", "BrokerCounters", "Counts", "Deliver"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +40,17 @@ members in this process (a group without members is absent). Cheap: nothing is c
 
 
 class Broker(abc.ABC):
-    """Carries broadcasts between the processes that share it."""
+    """Carries broadcasts between the processes that share it.
+
+    A broker counts what only it sees in :attr:`counters`, for the endpoint's ``stats()``.
+    """
+
+    @functools.cached_property
+    def counters(self) -> BrokerCounters:
+        """What this broker has done. The endpoint counts the broadcasts it publishes (and the
+        failures of ``publish``) and those the broker delivers; the broker adds the connections
+        it lost (``errors``) and made again (``reconnects``)."""
+        return BrokerCounters()
 
     @abc.abstractmethod
     async def start(self, deliver: Deliver, counts: Counts | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Final
 from aiohttp import WSCloseCode
 
 from .errors import ConnectionClosed
+from .stats import Counters
 
 __all__ = [
     "CLOSED",
@@ -81,12 +82,13 @@ def abort(transport: asyncio.Transport) -> None:
 class Closing:
     """The state of one connection, its close code and reason, and the deadline of its closing.
 
-    ``transport`` is the connection's socket; ``timeout`` is ``close_timeout``.
+    ``transport`` is the connection's socket; ``timeout`` is ``close_timeout``. ``counters``
+    count the connections dropped (by cause) and finished (by close code).
     """
 
-    __slots__ = ("_deadline", "_timeout", "_transport", "code", "reason", "state")
+    __slots__ = ("_counters", "_deadline", "_timeout", "_transport", "code", "reason", "state")
 
-    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
+    def __init__(self, transport: asyncio.Transport, timeout: float, counters: Counters) -> None:
         self.state = OPEN
         """Where the connection is in its life."""
         self.code: int | None = None
@@ -95,16 +97,20 @@ class Closing:
         """The close reason; ``None`` while open."""
         self._transport = transport
         self._timeout = timeout
+        self._counters = counters
         self._deadline: asyncio.TimerHandle | None = None
 
-    def start(self, code: int, reason: str) -> bool:
+    def start(self, code: int, reason: str, *, cause: str | None = None) -> bool:
         """Enter CLOSING with ``code`` and ``reason``; tell whether it was open until now.
 
         The one way out of OPEN: whatever closes the connection comes through here, and arms the
-        deadline after which the socket is aborted, however much it still has to send.
+        deadline after which the socket is aborted, however much it still has to send. A
+        ``cause`` (one of ``DROP_CAUSES``) counts the connection as dropped for it.
         """
         if self.state is not OPEN:
             return False
+        if cause is not None:
+            self._counters.dropped_for(cause)
         self.state = CLOSING
         # A plain int: Python 3.10 prints a WSCloseCode (an IntEnum) by its name, 3.11+ by number.
         self.code = int(code)
@@ -113,9 +119,9 @@ class Closing:
         self._deadline = loop.call_later(self._timeout, abort, self._transport)
         return True
 
-    def drop(self, code: int, reason: str) -> None:
+    def drop(self, code: int, reason: str, *, cause: str | None = None) -> None:
         """Abort the socket now, without a closing handshake."""
-        self.start(code, reason)
+        self.start(code, reason, cause=cause)
         abort(self._transport)
 
     def close_transport(self) -> None:
@@ -140,6 +146,9 @@ class Closing:
     def finish(self) -> None:
         """Enter CLOSED and close the socket; the deadline stays armed while it still flushes."""
         self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
+        if self.state is not CLOSED:
+            assert self.code is not None
+            self._counters.finished_with(self.code)
         self.state = CLOSED
         transport = self._transport
         if not transport.is_closing():

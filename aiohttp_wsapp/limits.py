@@ -9,43 +9,53 @@ and, with ``max_message_rate``, one token taken from a bucket.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from collections.abc import Callable
 from typing import Final
 
+from aiohttp import WSCloseCode
+
+from .closing import OPEN, Closing
+from .sending import Sender
 from .server import WebSocketServer
-from .stats import IDLE_TIMEOUT, MAX_LIFETIME
+from .stats import IDLE_TIMEOUT, MAX_LIFETIME, RATE_LIMIT
 
 __all__ = ["Limits"]
+
+logger = logging.getLogger("aiohttp_wsapp")
 
 _IDLE_CHECKS: Final = 8
 """How many times per ``idle_timeout`` a connection is checked: it closes at most a quarter late."""
 
-CloseFor = Callable[[str], None]
-"""Closes the connection for a cause: ``IDLE_TIMEOUT``, ``MAX_LIFETIME`` or ``RATE_LIMIT``."""
-
 
 class Limits:
-    """The limits of one connection; ``close_for(cause)`` closes it when one is passed."""
+    """The limits of one connection, counted from its establishment (when this is made).
+
+    A limit passed closes the connection through ``sender``: 1001 for ``idle timeout`` and
+    ``max lifetime``, 1008 for ``rate limit``, the cause as the reason. Nothing happens once the
+    closing started.
+    """
 
     __slots__ = (
         "_capacity",
-        "_close_for",
+        "_closing",
         "_idle_check",
         "_idle_timeout",
         "_lifetime_end",
         "_loop",
         "_rate",
+        "_sender",
         "_spoke",
         "_spoke_at",
         "_tokens",
         "_tokens_at",
     )
 
-    def __init__(self, settings: WebSocketServer, close_for: CloseFor) -> None:
-        """Limits by ``settings``; prefer :meth:`of`, which makes none when none is set."""
+    def __init__(self, settings: WebSocketServer, closing: Closing, sender: Sender) -> None:
+        """Start the limits of ``settings``; :meth:`of` makes none when none is set."""
         loop = self._loop = asyncio.get_running_loop()
-        self._close_for: CloseFor | None = close_for
+        self._closing = closing
+        self._sender = sender
         self._idle_timeout = settings.idle_timeout
         self._idle_check: asyncio.TimerHandle | None = None
         self._spoke = False  # marked per message, read by the idle check
@@ -63,18 +73,21 @@ class Limits:
             self._lifetime_end = loop.call_later(lifetime, self._close, MAX_LIFETIME)
 
     @classmethod
-    def of(cls, settings: WebSocketServer, close_for: CloseFor) -> Limits | None:
-        """Start counting the limits of a connection established now; ``None`` if it has none."""
+    def of(cls, settings: WebSocketServer, closing: Closing, sender: Sender) -> Limits | None:
+        """Start the limits of a connection established now; ``None`` if ``settings`` set none."""
         if (
             settings.idle_timeout is None
             and settings.max_lifetime is None
             and settings.max_message_rate is None
         ):
             return None
-        return cls(settings, close_for)
+        return cls(settings, closing, sender)
 
     def admit(self) -> bool:
-        """Note a message from the peer; tell whether the rate limit lets it through."""
+        """Note a message from the peer; tell whether the rate limit lets it through.
+
+        The message that finds the bucket empty is refused, and the connection closed.
+        """
         self._spoke = True
         if self._rate is None:
             return True
@@ -83,13 +96,13 @@ class Limits:
         self._tokens_at = now
         if tokens < 1:
             self._tokens = tokens
+            self._close(RATE_LIMIT)
             return False
         self._tokens = tokens - 1
         return True
 
     def stop(self) -> None:
-        """The connection is closing: check nothing more."""
-        self._close_for = None  # no cycle through the connection
+        """Check nothing more: the connection finished."""
         if self._idle_check is not None:
             self._idle_check.cancel()
             self._idle_check = None
@@ -104,6 +117,8 @@ class Limits:
         the message's, so the connection never closes early, and at most two checks late.
         """
         assert self._idle_timeout is not None
+        if self._closing.state is not OPEN:
+            return
         now = self._loop.time()
         if self._spoke:
             self._spoke = False
@@ -116,5 +131,8 @@ class Limits:
         )
 
     def _close(self, cause: str) -> None:
-        if self._close_for is not None:
-            self._close_for(cause)
+        if self._closing.state is not OPEN:
+            return
+        code = WSCloseCode.POLICY_VIOLATION if cause == RATE_LIMIT else WSCloseCode.GOING_AWAY
+        logger.info("%r closed with %s: %s", self._sender.owner, int(code), cause)
+        self._sender.close(code, cause, cause=cause)

@@ -15,6 +15,7 @@ from aiohttp import WSCloseCode, web
 from .closing import Closing
 from .frames import Compression, MessageDeflater
 from .server import WebSocketServer
+from .stats import MESSAGE_TOO_BIG, PROTOCOL_ERROR
 
 __all__ = ["Response", "negotiated_deflater", "new_response", "read_in_small_chunks"]
 
@@ -54,8 +55,11 @@ class Response(web.WebSocketResponse):
         if self.closing is not None:
             # aiohttp closes with 1000 when the peer's socket ended without a close frame, and
             # with the protocol error's code when the peer broke the protocol.
-            abnormal = code == WSCloseCode.OK
-            self.closing.start(WSCloseCode.ABNORMAL_CLOSURE if abnormal else code, "")
+            if code == WSCloseCode.OK:
+                self.closing.start(WSCloseCode.ABNORMAL_CLOSURE, "")
+            else:
+                too_big = code == WSCloseCode.MESSAGE_TOO_BIG
+                self.closing.start(code, "", cause=MESSAGE_TOO_BIG if too_big else PROTOCOL_ERROR)
         return await super().close(code=code, message=message, drain=False)
 
 

@@ -1121,7 +1121,7 @@ async def _deploying_server(run: Run) -> None:
         await sockets[0].send_str("hi")
         assert await sockets[0].receive_str(timeout=TIMEOUT) == "hi"
 
-        async def closed_at(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, float]:
+        async def closed_at(ws: aiohttp.ClientWebSocketResponse[Any]) -> tuple[int | None, float]:
             message = await ws.receive(TIMEOUT)
             assert message.type is WSMsgType.CLOSE, message
             return message.data, loop.time()

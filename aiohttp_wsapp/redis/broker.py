@@ -103,11 +103,18 @@ class RedisBroker(Broker):
             ttl=self.presence_ttl,
             refresh=self.presence_refresh,
         )
+
+        def connected() -> None:
+            presence.changed()  # Redis may have lost the counts, if it restarted
+            if self._subscriber is not None:  # set once the first connection is made
+                self.counters.reconnects += 1
+
         subscriber = Subscriber(
             client.connection_pool.make_connection,
             partial(self._receive, deliver),
             where=self._safe_url,
-            on_connected=presence.changed,  # Redis may have lost the counts, if it restarted
+            on_connected=connected,
+            on_lost=self._lost,
         )
         subscriber.ping_interval = self.ping_interval
         subscriber.subscribe(self._channels.all)
@@ -127,6 +134,9 @@ class RedisBroker(Broker):
         publisher.start()
         presence.start(counts)
         self._subscriber, self._publisher, self._presence = subscriber, publisher, presence
+
+    def _lost(self, exc: BaseException) -> None:
+        self.counters.errors += 1
 
     async def stop(self) -> None:
         """Stop listening, close the connections to Redis, and wait until that is done.
