@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis_server import RedisServer
-from support import BROWSER_TIMEOUT, Recorder, require_module, require_program
+from support import (
+    BROWSER_TIMEOUT,
+    Recorder,
+    check_recorders,
+    require_module,
+    require_program,
+    watch_for_repeats,
+)
 
 from aiohttp_wsapp import Connection, WebSocketApp
 
@@ -46,8 +53,16 @@ async def home(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-def serve(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> Serve:
-    """Serve ``WebSocketApp(on_establish, **kwargs)`` at ``/websocket`` beside a ``/`` page."""
+async def serve(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> AsyncIterator[Serve]:
+    """Serve ``WebSocketApp(on_establish, **kwargs)`` at ``/websocket`` beside a ``/`` page.
+
+    After the test the servers are closed here, and the loop runs on briefly
+    (:func:`support.watch_for_repeats`), so that a ``finish`` fired late still reaches the
+    recorders before they are checked.
+    """
+    servers: list[TestServer] = []
 
     async def serve(on_establish: Callable[..., Any], **kwargs: Any) -> Endpoint:
         wsapp = WebSocketApp(on_establish, **kwargs)
@@ -55,10 +70,22 @@ def serve(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> Serve
         app.router.add_get("/", home)
         app.add_subapp("/websocket", wsapp.to_app())
         server = await aiohttp_server(app)
+        servers.append(server)
         client: TestClient[Any, Any] = await aiohttp_client(server)
         return Endpoint(wsapp, server, client)
 
-    return serve
+    yield serve
+    for server in servers:
+        await server.close()  # aiohttp_server's own close then finds it closed
+    await watch_for_repeats()
+
+
+@pytest.fixture(autouse=True)
+def _finish_fires_once() -> Iterator[None]:
+    """After the test, once every server is closed: each connection a :class:`support.Recorder`
+    saw established has finished exactly once (autouse, so torn down after every other fixture)."""
+    yield
+    check_recorders()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from rawws import (
     until,
     wait_for_tasks,
 )
-from support import TIMEOUT, Recorder
+from support import TIMEOUT, Recorder, watch_for_repeats
 
 from aiohttp_wsapp import Connection, WebSocketApp, WebSocketServer
 
@@ -85,6 +85,7 @@ async def start(handler_cancellation: bool, recorder: Recorder) -> AsyncIterator
     yield start
     for runner in runners:
         await runner.cleanup()
+    await watch_for_repeats()
 
 
 async def vanish(writer: asyncio.StreamWriter, how: str) -> None:
