@@ -18,7 +18,9 @@ from aiohttp import web
 from aiohttp_wsapp import Connection
 
 __all__ = [
+    "EARLY",
     "REQUIRE_ALL",
+    "SLACK",
     "TIMEOUT",
     "Recorder",
     "assert_within",
@@ -125,6 +127,8 @@ class Recorder:
         """Every ``error`` event: the connection and the exception."""
         self.finishes: list[Connection] = []
         """The connection of every ``finish`` event: a connection twice means it fired twice."""
+        self.established_at: dict[Connection, float] = {}
+        """The event loop's time at which each connection was established."""
         self.finished_at: dict[Connection, float] = {}
         """The event loop's time of each connection's first ``finish``."""
         self.repeated: list[Connection] = []
@@ -143,6 +147,7 @@ class Recorder:
     ) -> None:
         """Record ``conn`` and register the recording handlers on it."""
         conn.on(message=self._on_message, error=self._on_error, finish=self._on_finish)
+        self.established_at[conn] = asyncio.get_running_loop().time()
         self._record(self.connections, conn)
 
     def _on_message(self, conn: Connection, message: str | bytes) -> None:
