@@ -30,10 +30,10 @@ PONG_DEADLINE = HEARTBEAT / 2
 """SPEC §3: a ping not answered within ``heartbeat / 2`` drops the peer."""
 
 
-def server_socket_exists(endpoint: Endpoint, client: RawWebSocket) -> bool:
+def server_socket_exists(endpoint: Endpoint, client: asyncio.StreamWriter) -> bool:
     """Tell whether the kernel still has the server's end of ``client``'s TCP connection."""
     server_port = endpoint.server.port
-    client_port = client.writer.get_extra_info("sockname")[1]
+    client_port = client.get_extra_info("sockname")[1]
     wanted = (f"{server_port:04X}", f"{client_port:04X}")
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
@@ -79,7 +79,7 @@ async def assert_dropped(
     assert conn.state is ConnectionState.CLOSED
     assert conn not in endpoint.wsapp.connections
     assert recorder.finished_at[conn] - since <= within(after)
-    await until(lambda: not server_socket_exists(endpoint, client), within(after) + TIMEOUT)
+    await until(lambda: not server_socket_exists(endpoint, client.writer), within(after) + TIMEOUT)
     gone = asyncio.get_running_loop().time()
     assert_within(gone - since, after, at_least=after)
     client.abort()
