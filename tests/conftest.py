@@ -58,11 +58,11 @@ async def serve(
 ) -> AsyncIterator[Serve]:
     """Serve ``WebSocketApp(on_establish, **kwargs)`` at ``/websocket`` beside a ``/`` page.
 
-    After the test the servers are closed here, and the loop runs on briefly
+    After the test the clients and servers are closed here, and the loop runs on briefly
     (:func:`support.watch_for_repeats`), so that a ``finish`` fired late still reaches the
     recorders before they are checked.
     """
-    servers: list[TestServer] = []
+    clients: list[TestClient[Any, Any]] = []
 
     async def serve(on_establish: Callable[..., Any], **kwargs: Any) -> Endpoint:
         wsapp = WebSocketApp(on_establish, **kwargs)
@@ -70,13 +70,13 @@ async def serve(
         app.router.add_get("/", home)
         app.add_subapp("/websocket", wsapp.to_app())
         server = await aiohttp_server(app)
-        servers.append(server)
         client: TestClient[Any, Any] = await aiohttp_client(server)
+        clients.append(client)
         return Endpoint(wsapp, server, client)
 
     yield serve
-    for server in servers:
-        await server.close()  # aiohttp_server's own close then finds it closed
+    for client in clients:
+        await client.close()  # its websockets, then its server: the fixtures' order
     await watch_for_repeats()
 
 
