@@ -14,6 +14,8 @@ cancellation, broadcasts holding the event loop, one compression per peer). One 
 script copies the package into a temporary directory, applies the mutation to the copy (the
 real files are never touched), and runs the tests that must catch it with that copy first on
 ``PYTHONPATH``. A mutation is *killed* when those tests fail, and *survived* when they pass.
+pytest must end with "tests failed" (exit status 1): a test id not found, a collection error (a
+mutation that breaks the import) or a timeout stops the script instead of counting as a kill.
 
 A mutation whose text is not found exactly once in its module stops the script with "mutation X:
 pattern not found": a refactoring must move the pattern along, never let the check pass silently.
@@ -112,7 +114,11 @@ MUTATIONS = (
         module="connection.py",
         old="self._loop.call_later(self._heartbeat, self._keepalive_round)",
         new="self._loop.call_later(self._heartbeat * 8, self._keepalive_round)",
-        tests=("tests/test_lifecycle.py::test_heartbeat_pings_a_silent_peer_and_measures_latency",),
+        tests=(
+            "tests/test_lifecycle.py::"
+            "test_heartbeat_pings_a_silent_peer_every_heartbeat_and_measures_latency",
+            "tests/test_lifecycle.py::test_heartbeat_drops_a_peer_that_does_not_answer",
+        ),
         why="the heartbeat's round comes 8 times later than its setting",
     ),
     Mutation(
@@ -204,16 +210,19 @@ def run_tests(package_parent: Path, tests: tuple[str, ...]) -> tuple[bool, str, 
         raise CheckError(
             f"pytest ran longer than {PYTEST_TIMEOUT} s: {' '.join(tests)}"
         ) from expired
-    return done.returncode == 0, done.stdout + done.stderr, time.monotonic() - started
+    output = done.stdout + done.stderr
+    if done.returncode not in (0, 1):  # 1: tests failed; anything else: they did not run
+        print(output, file=sys.stderr)
+        raise CheckError(f"pytest exited with {done.returncode}: {' '.join(tests)}")
+    return done.returncode == 0, output, time.monotonic() - started
 
 
 def first_failure(output: str) -> str:
-    """The first ``FAILED``/``ERROR`` line of pytest's summary, or its last line."""
+    """The first failing test of pytest's summary and the first line of its error."""
     lines = output.strip().splitlines()
-    for line in lines:
-        if line.startswith(("FAILED", "ERROR")):
-            return line
-    return lines[-1] if lines else "(no output)"
+    failed = next((line for line in lines if line.startswith(("FAILED", "ERROR"))), "")
+    error = next((line.strip() for line in lines if line.startswith("E   ")), "")
+    return f"{failed.split(' - ')[0]}: {error}" if failed else (lines[-1] if lines else "")
 
 
 def fresh_copy(parent: Path) -> Path:
