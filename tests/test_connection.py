@@ -491,9 +491,15 @@ async def test_finish_handler_completes_though_the_request_handler_is_cancelled(
     finishing, release = asyncio.Event(), asyncio.Event()
     done: asyncio.Future[str] = asyncio.Future()
 
+    interrupted: list[str] = []
+
     async def finish(conn: Connection) -> None:
         finishing.set()
-        await release.wait()  # the cancellation would land here
+        try:
+            await release.wait()  # the cancellation would land here
+        except asyncio.CancelledError:
+            interrupted.append("cancelled while it ran")
+            raise
         done.set_result("complete")
 
     def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
@@ -509,6 +515,7 @@ async def test_finish_handler_completes_though_the_request_handler_is_cancelled(
     handler.cancel()
     await asyncio.wait([handler], timeout=TIMEOUT)  # the request handler stops at once
     assert handler.done()
+    assert interrupted == []
     assert not done.done()
     release.set()
     assert await asyncio.wait_for(done, TIMEOUT) == "complete"
