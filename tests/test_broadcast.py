@@ -77,6 +77,15 @@ async def test_broadcast_to_a_group_reaches_only_its_members(
     await nothing_more([clients[2]], "end")
 
 
+async def test_broadcast_to_a_group_without_members_reaches_nobody(
+    endpoint: Endpoint, recorder: Recorder
+) -> None:
+    clients, _ = await open_clients(endpoint, recorder, ["/websocket/red", "/websocket"])
+    await endpoint.wsapp.broadcast("to an empty room", group="empty")
+    await endpoint.wsapp.broadcast("end")
+    await nothing_more(clients, "end")
+
+
 async def test_exclude_one_connection_or_several(endpoint: Endpoint, recorder: Recorder) -> None:
     clients, conns = await open_clients(endpoint, recorder, ["/websocket"] * 3)
     await endpoint.wsapp.broadcast("not to 0", exclude=conns[0])
