@@ -61,13 +61,15 @@ class Mutation:
 MUTATIONS = (
     Mutation(
         name="second-finish",
-        module="connection.py",
-        old=("        finally:\n            self._finished.set_result(None)\n"),
+        module="events.py",
+        old="        finally:\n            finished.set_result(None)\n",
         new=(
             "        finally:\n"
-            "            self._finished.set_result(None)\n"
+            "            finished.set_result(None)\n"
             "            for again in finishers:\n"
-            "                self._loop.call_later(0.01, self._run_late_finish, again)\n"
+            "                asyncio.get_running_loop().call_later(\n"
+            "                    0.01, self._run_late_finish, again\n"
+            "                )\n"
         ),
         tests=(
             "tests/test_connection.py::test_finish_fires_once_when_the_peer_drops_without_closing",
@@ -77,19 +79,21 @@ MUTATIONS = (
     ),
     Mutation(
         name="close-timeout-x8",
-        module="connection.py",
-        old="self._loop.call_later(self._close_timeout, _abort, self._transport)",
-        new="self._loop.call_later(self._close_timeout * 8, _abort, self._transport)",
+        module="closing.py",
+        old="loop.call_later(self._timeout, abort, self._transport)",
+        new="loop.call_later(self._timeout * 8, abort, self._transport)",
         tests=(
-            "tests/test_lifecycle.py::test_end_of_stream_with_data_queued_finishes_and_frees_the_socket",
+            "tests/test_lifecycle.py::"
+            "test_end_of_stream_with_data_queued_finishes_and_frees_the_socket",
+            "tests/test_lifecycle.py::test_our_close_with_data_queued_finishes_and_frees_the_socket",
         ),
         why="the deadline that drops a closing connection's socket comes 8 times later",
     ),
     Mutation(
         name="shutdown-close-timeout-x8",
         module="app.py",
-        old="        timeout = self._server.close_timeout\n",
-        new="        timeout = self._server.close_timeout * 8\n",
+        old="        timeout = self.websocket_server.close_timeout\n",
+        new="        timeout = self.websocket_server.close_timeout * 8\n",
         tests=(
             "tests/test_shutdown.py::test_shutdown_does_not_wait_for_a_handler_that_never_returns",
         ),
@@ -99,11 +103,11 @@ MUTATIONS = (
         name="shutdown-not-waiting",
         module="app.py",
         old=(
-            "        finished = [connection._finished for connection in connections]\n"
+            "        finished = [connection.finished for connection in connections]\n"
             "        if not finished:\n"
         ),
         new=(
-            "        finished = [connection._finished for connection in connections]\n"
+            "        finished = [connection.finished for connection in connections]\n"
             "        if True:\n"
         ),
         tests=("tests/test_shutdown.py::test_shutdown_closes_every_connection_with_1001",),
@@ -111,9 +115,9 @@ MUTATIONS = (
     ),
     Mutation(
         name="heartbeat-x8",
-        module="connection.py",
-        old="self._loop.call_later(self._heartbeat, self._keepalive_round)",
-        new="self._loop.call_later(self._heartbeat * 8, self._keepalive_round)",
+        module="keepalive.py",
+        old="self._loop.call_later(self._heartbeat, self._round)",
+        new="self._loop.call_later(self._heartbeat * 8, self._round)",
         tests=(
             "tests/test_lifecycle.py::"
             "test_heartbeat_pings_a_silent_peer_every_heartbeat_and_measures_latency",
@@ -123,12 +127,13 @@ MUTATIONS = (
     ),
     Mutation(
         name="finish-not-shielded",
-        module="connection.py",
+        module="events.py",
         old=(
-            "                task = self._loop.create_task(self._run_finishers(finishers))\n"
-            "                await asyncio.shield(task)\n"
+            "            task = asyncio.get_running_loop().create_task("
+            "self._run_finishers(finishers, finished))\n"
+            "            await asyncio.shield(task)\n"
         ),
-        new="                await self._run_finishers(finishers)\n",
+        new="            await self._run_finishers(finishers, finished)\n",
         tests=(
             "tests/test_connection.py::"
             "test_finish_handler_completes_though_the_request_handler_is_cancelled",
@@ -137,7 +142,7 @@ MUTATIONS = (
     ),
     Mutation(
         name="broadcast-hold-10s",
-        module="app.py",
+        module="hub.py",
         old="_HOLD_LIMIT = 0.001\n",
         new="_HOLD_LIMIT = 10.0\n",
         tests=("tests/test_broadcast.py::test_an_awaited_broadcast_lets_other_tasks_run",),
