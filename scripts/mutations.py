@@ -129,11 +129,12 @@ MUTATIONS = (
         name="finish-not-shielded",
         module="events.py",
         old=(
-            "            task = asyncio.get_running_loop().create_task("
-            "self._run_finishers(finishers, finished))\n"
+            "            task = asyncio.get_running_loop().create_task(\n"
+            "                self._run_finishers(finishers, finished, first)\n"
+            "            )\n"
             "            await asyncio.shield(task)\n"
         ),
-        new="            await self._run_finishers(finishers, finished)\n",
+        new="            await self._run_finishers(finishers, finished, first)\n",
         tests=(
             "tests/test_connection.py::"
             "test_finish_handler_completes_though_the_request_handler_is_cancelled",
