@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
 from .broker import Broker
 from .connection import Connection, new_response
@@ -127,7 +127,7 @@ class WebSocketApp(Hub[Connection]):
         )
         self._add(connection)
         if self._shutting_down:  # shutdown began while the 101 was being sent
-            connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
+            connection.go_away()
         await connection.serve(self._on_establish, handshake_results)
         return response
 
@@ -224,7 +224,7 @@ class WebSocketApp(Hub[Connection]):
         self._shutting_down = True
         connections = tuple(self.connections)
         for connection in connections:
-            connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
+            connection.go_away()
         finished = [connection.finished for connection in connections]
         if not finished:
             return

@@ -304,6 +304,18 @@ class Connection:
         """
         return self._finished
 
+    def go_away(self) -> None:
+        """Close with 1001 because the server shuts down, and end the server's side of the stream.
+
+        Once the application shuts down, aiohttp drops whatever its connections receive: the
+        peer's answer to the close would go unseen, and the connection would wait for
+        ``close_timeout``. With the server's side ended (a FIN after the close frame), a peer
+        that answers ends its side too, and that end is seen. For the endpoint's shutdown, not
+        for applications.
+        """
+        self.close(WSCloseCode.GOING_AWAY, "server shutting down")
+        self._sender.end_stream()
+
     def stop(self) -> None:
         """Drop the socket and cancel whatever handler the connection is still running.
 
