@@ -8,7 +8,6 @@ closing arms one deadline of ``close_timeout`` that aborts the socket, whatever 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import socket
 import struct
@@ -118,23 +117,24 @@ class Closing:
         abort(self._transport)
 
     def close_transport(self) -> None:
-        """Close the socket once its buffer is flushed, within the closing's deadline.
-
-        It stands in for the transport's own ``close``, which waits for the buffer to flush
-        without a limit (see :meth:`watch_transport`).
-        """
+        """Close the socket once its buffer is flushed, within the closing's deadline."""
         self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
-        type(self._transport).close(self._transport)
+        self._transport.close()
 
     def watch_transport(self) -> None:
-        """Make every close of the transport start the closing.
+        """Learn of the peer's end of stream, which starts the closing.
 
-        ``transport.close()`` waits for the buffer to flush, without a limit, and asyncio calls
-        it on the peer's end of stream without telling aiohttp. (uvloop's transports take no
-        attributes: there the heartbeat notices the closing.)
+        On the peer's end of stream asyncio (and uvloop) close the transport without telling
+        aiohttp, and that close waits for the buffer to flush, without a limit: a peer that
+        stops reading and then half-closes would hold the socket for ever. The transport's
+        events go through a :class:`_Watch` that starts the closing (and so arms its deadline).
         """
-        with contextlib.suppress(AttributeError):
-            self._transport.close = self.close_transport  # type: ignore[method-assign]
+        transport = self._transport
+        transport.set_protocol(_Watch(transport.get_protocol(), self))
+
+    def peer_ended(self) -> None:
+        """The peer ended its side of the stream (end of file)."""
+        self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
 
     def finish(self) -> None:
         """Enter CLOSED and close the socket; the deadline stays armed while it still flushes."""
@@ -143,11 +143,43 @@ class Closing:
         transport = self._transport
         if not transport.is_closing():
             transport.close()
-        with contextlib.suppress(AttributeError):
-            del transport.close  # the class's own again: no cycle through the closing
+        watch = transport.get_protocol()
+        if type(watch) is _Watch:  # aiohttp's own again: no cycle through the closing
+            transport.set_protocol(watch.protocol)
         if self._deadline is not None and not transport.get_write_buffer_size():
             self._deadline.cancel()
 
     def error(self) -> ConnectionClosed:
         """Return the exception that an operation on the closed connection raises."""
         return ConnectionClosed(self.code, self.reason)
+
+
+class _Watch(asyncio.Protocol):
+    """Passes a transport's events on to aiohttp's protocol, telling the closing of an EOF."""
+
+    __slots__ = ("_closing", "data_received", "protocol")
+
+    def __init__(self, protocol: asyncio.BaseProtocol, closing: Closing) -> None:
+        assert isinstance(protocol, asyncio.Protocol), "aiohttp's protocol is a Protocol"
+        self.protocol = protocol
+        """aiohttp's protocol."""
+        self._closing = closing
+        # Read for every message: the protocol's own method, so that it costs no extra call.
+        self.data_received = protocol.data_received  # type: ignore[method-assign]
+
+    def eof_received(self) -> bool | None:
+        """Start the closing; then aiohttp's protocol decides (it lets the transport close)."""
+        self._closing.peer_ended()
+        return self.protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Pass it on."""
+        self.protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """Pass it on: aiohttp's writer waits while the transport's buffer is full."""
+        self.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Pass it on."""
+        self.protocol.resume_writing()
