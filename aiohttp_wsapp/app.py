@@ -217,15 +217,13 @@ class WebSocketApp(Hub[Connection]):
 
     async def _on_startup(self, app: web.Application) -> None:
         self._shutting_down = False
-        if self._broker is not None:
-            await self._broker.start(self.deliver, self._counts)
+        await self._start_broker()
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:
-        if self._broker is not None:
-            await self._broker.stop()
+        await self._stop_broker()
 
     async def shutdown(self) -> None:
         """Refuse new handshakes, close every connection with 1001 and wait for every ``finish``.
