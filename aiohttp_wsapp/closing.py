@@ -105,7 +105,8 @@ class Closing:
         if self.state is not OPEN:
             return False
         self.state = CLOSING
-        self.code = code
+        # A plain int: Python 3.10 prints a WSCloseCode (an IntEnum) by its name, 3.11+ by number.
+        self.code = int(code)
         self.reason = reason
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(self._timeout, abort, self._transport)
