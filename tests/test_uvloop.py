@@ -1,7 +1,7 @@
 """The close paths and ``latency`` under uvloop, the event loop many aiohttp deployments run.
 
-Each test runs its own ``uvloop.Loop`` (pytest-asyncio's loop is asyncio's), serving a real
-endpoint on a loopback port. The same paths are tested under asyncio's loop in
+Each test runs its own ``uvloop.Loop``, whichever loop the rest of the suite runs on
+(``AIOHTTP_WSAPP_LOOP``, see ``conftest.py``), serving a real endpoint on a loopback port. The same paths are tested under asyncio's loop in
 ``test_lifecycle.py``, ``test_closing.py`` and ``test_connection.py``.
 """
 
@@ -32,8 +32,7 @@ def run_under_uvloop(coroutine: Coroutine[Any, Any, None]) -> None:
     require_module("uvloop", "pip install uvloop")
     import uvloop
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop, debug=True) as runner:
-        runner.run(coroutine)
+    uvloop.run(coroutine, debug=True)
 
 
 async def serve(
