@@ -83,7 +83,17 @@ class Closing:
     ``transport`` is the connection's socket; ``timeout`` is ``close_timeout``.
     """
 
-    __slots__ = ("_deadline", "_timeout", "_transport", "code", "reason", "state")
+    __slots__ = (
+        "_deadline",
+        "_gone",
+        "_half_closed",
+        "_peer_gone",
+        "_timeout",
+        "_transport",
+        "code",
+        "reason",
+        "state",
+    )
 
     def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
         self.state = OPEN
@@ -95,6 +105,9 @@ class Closing:
         self._transport = transport
         self._timeout = timeout
         self._deadline: asyncio.TimerHandle | None = None
+        self._half_closed = False
+        self._peer_gone = False
+        self._gone: asyncio.Future[None] | None = None
 
     def start(self, code: int, reason: str) -> bool:
         """Enter CLOSING with ``code`` and ``reason``; tell whether it was open until now.
@@ -133,9 +146,41 @@ class Closing:
         transport = self._transport
         transport.set_protocol(_Watch(transport.get_protocol(), self))
 
+    def half_close(self) -> None:
+        """End the server's side of the stream once the buffer is written: only after a close frame.
+
+        A peer that answers the close then ends its side too, which is seen even where aiohttp
+        no longer reads. Transports that cannot half-close (TLS) are left as they are.
+        """
+        transport = self._transport
+        if not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+            self._half_closed = True
+
+    async def linger(self) -> None:
+        """After a half-close, wait until the peer ended its side too (or the deadline struck).
+
+        Closing the socket while the peer still sends would answer its data with a reset.
+        """
+        if not self._half_closed or self._peer_gone:
+            return
+        if self._gone is None:
+            self._gone = asyncio.get_running_loop().create_future()
+        await self._gone
+
     def peer_ended(self) -> None:
         """The peer ended its side of the stream (end of file)."""
         self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
+        self._gone_now()
+
+    def lost(self) -> None:
+        """The socket is gone."""
+        self._gone_now()
+
+    def _gone_now(self) -> None:
+        self._peer_gone = True
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
 
     def finish(self) -> None:
         """Enter CLOSED and close the socket; the deadline stays armed while it still flushes."""
@@ -174,7 +219,8 @@ class _Watch(asyncio.Protocol):
         return self.protocol.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Pass it on."""
+        """Tell the closing; pass it on."""
+        self._closing.lost()
         self.protocol.connection_lost(exc)
 
     def pause_writing(self) -> None:

@@ -98,6 +98,7 @@ class Connection:
             deflater=negotiated_deflater(ws, settings.compression),
             owner=self,
         )
+        ws.sender = self._sender
         self._keepalive = Keepalive(settings.heartbeat, closing, self._sender)
         self._events = Events(self)
         self._receiver = Receiver(self, ws, closing, self._sender, self._keepalive, self._events)
@@ -314,7 +315,7 @@ class Connection:
         for applications.
         """
         self.close(WSCloseCode.GOING_AWAY, "server shutting down")
-        self._sender.end_stream()
+        self._closing.half_close()
 
     def stop(self) -> None:
         """Drop the socket and cancel whatever handler the connection is still running.
@@ -357,5 +358,5 @@ class Connection:
             self._registry.discard(name, self)
         self._groups = frozenset()
         self._forget(self)
-        self._ws.closing = None
+        self._ws.closing = self._ws.sender = None
         return self._events.close()

@@ -165,15 +165,6 @@ class Sender:
             return DONE  # the socket went first; the receive loop will see it
         return self.write(encode_frame(Opcode.CLOSE, _PACK_CLOSE_CODE(code) + encoded_reason))
 
-    def end_stream(self) -> None:
-        """Send nothing more: end this side of the TCP connection once the buffer is written.
-
-        Only after a close frame. Transports that cannot half-close (TLS) are left as they are.
-        """
-        transport = self._transport
-        if not transport.is_closing() and transport.can_write_eof():
-            transport.write_eof()
-
     def broadcast(self, frames: BroadcastFrames) -> None:
         """Send one broadcast message, in the frame its peers of a kind share."""
         if not self.cannot_send():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 from aiohttp import web
 from conftest import Serve
 from rawws import Opcode, RawWebSocket, address
@@ -126,11 +125,6 @@ async def test_a_websockets_client_over_max_payload_size_closes_cleanly(
     assert conn.close_code == 1009
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp refuses the frame by its header and then closes the socket itself, with the "
-    "rest of the message unread: the kernel answers with a reset (not fixed yet, see the notes)",
-)
 async def test_a_large_message_over_max_payload_size_answered_by_the_peer_ends_with_a_fin(
     serve: Serve, recorder: Recorder
 ) -> None:

@@ -1,8 +1,9 @@
 """The close paths and ``latency`` under uvloop, the event loop many aiohttp deployments run.
 
 Each test runs its own ``uvloop.Loop``, whichever loop the rest of the suite runs on
-(``AIOHTTP_WSAPP_LOOP``, see ``conftest.py``), serving a real endpoint on a loopback port. The same paths are tested under asyncio's loop in
-``test_lifecycle.py``, ``test_closing.py`` and ``test_connection.py``.
+(``AIOHTTP_WSAPP_LOOP``, see ``conftest.py``), serving a real endpoint on a loopback port. The
+same paths are tested under asyncio's loop in ``test_lifecycle.py``, ``test_closing.py`` and
+``test_connection.py``.
 """
 
 from __future__ import annotations
