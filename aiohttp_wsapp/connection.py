@@ -287,32 +287,21 @@ class Connection:
             self._groups -= {name}
             self._registry.discard(name, self)
 
-    # -- serving: for the endpoint ----------------------------------------------------------
+    # -- serving: for the endpoint, not for applications -----------------------------------
 
     @property
     def id(self) -> str:
-        """Names this connection across every process that shares the broker.
-
-        For the endpoint's broadcast (its ``exclude``), not for applications.
-        """
+        """Names this connection in every process that shares the broker (for ``exclude``)."""
         return self._id
 
     @property
     def finished(self) -> asyncio.Future[None]:
-        """Done once the connection finished and its ``finish`` handlers returned.
-
-        For the endpoint's shutdown, not for applications.
-        """
+        """Done once the connection finished and its ``finish`` handlers returned (for shutdown)."""
         return self._finished
 
     def go_away(self) -> None:
-        """Close with 1001 because the server shuts down, and end the server's side of the stream.
-
-        Once the application shuts down, aiohttp drops whatever its connections receive: the
-        peer's answer to the close would go unseen, and the connection would wait for
-        ``close_timeout``. With the server's side ended (a FIN after the close frame), a peer
-        that answers ends its side too, and that end is seen. For the endpoint's shutdown, not
-        for applications.
+        """Close with 1001 for the endpoint's shutdown, and end the server's side of the stream:
+        aiohttp reads nothing more once the application shuts down (:meth:`Closing.half_close`).
         """
         self.close(WSCloseCode.GOING_AWAY, "server shutting down")
         self._closing.half_close()
