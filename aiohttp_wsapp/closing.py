@@ -3,6 +3,12 @@
 A connection's life is one state, :class:`ConnectionState`, changed in one place each way:
 :meth:`Closing.start` (OPEN → CLOSING) and :meth:`Closing.finish` (→ CLOSED). Whatever starts the
 closing arms one deadline of ``close_timeout`` that aborts the socket, whatever is still buffered.
+
+The peer's end of stream reaches the closing through a watch on the transport's protocol
+(:meth:`Closing.watch_transport`). Where aiohttp cannot read the peer's answer to a close (during
+shutdown, after a message too big), the server ends its side of the stream after its close frame
+(:meth:`Closing.half_close`) and waits for the peer's end (:meth:`Closing.linger`): the socket
+then ends with a FIN both ways, not a reset.
 """
 
 from __future__ import annotations
