@@ -31,7 +31,7 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "default_envelope",
     "new_epoch",
     "read_envelope",
+    "since_positions",
 ]
 
 _EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -184,6 +185,23 @@ def read_envelope(frame: str | bytes) -> tuple[str, Position, str | bytes]:
         return group, Position.parse(fields["position"]), data
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"not an envelope: {frame[:100]!r}") from exc
+
+
+def since_positions(query: Mapping[str, str]) -> dict[str, Position]:
+    """Read the positions a client sent in its query string: group → the last position it has.
+
+    The reference browser client (``examples/chat/static/wsapp-client.js``) sends one parameter
+    per group, ``since.<group>=<position>``; pass ``request.query``. A parameter whose value is
+    not a position is left out, as if the client had none for that group.
+    """
+    positions = {}
+    for name, value in query.items():
+        if name.startswith("since."):
+            try:
+                positions[name[6:]] = Position.parse(value)
+            except ValueError:
+                continue
+    return positions
 
 
 class History:

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, quote, urlencode
 import pytest
 
 from aiohttp_wsapp import History, Position, Recovery
-from aiohttp_wsapp.history import default_envelope, new_epoch, read_envelope
+from aiohttp_wsapp.history import default_envelope, new_epoch, read_envelope, since_positions
 from aiohttp_wsapp.local_history import LocalHistory
 
 # -- Position -----------------------------------------------------------------------------------
@@ -121,6 +121,22 @@ def test_new_epochs_are_random_and_valid() -> None:
     assert len(epochs) == 100
     for epoch in epochs:
         assert Position(epoch, 0).epoch == epoch
+
+
+def test_since_positions_reads_one_parameter_per_group() -> None:
+    query = {
+        "since.room 1": "abc.3",
+        "since.a.b": "xyz.0",
+        "since.bad": "abc",
+        "since.": "abc.1",
+        "name": "abc.1",
+        "since": "abc.1",
+    }
+    assert since_positions(query) == {
+        "room 1": Position("abc", 3),
+        "a.b": Position("xyz", 0),
+        "": Position("abc", 1),
+    }
 
 
 # -- Recovery -----------------------------------------------------------------------------------
