@@ -25,6 +25,8 @@ from .errors import (
 from .frames import BroadcastFrames, Opcode
 from .groups import Groups
 from .handshake import check_opening_handshake, origin_allowed
+from .history import History, Position
+from .recovery import GroupHistories
 from .server import WebSocketServer
 
 __all__ = ["WSAPP_KEY", "ErrorHandler", "EstablishHandler", "WebSocketApp", "create_app"]
@@ -82,7 +84,12 @@ class WebSocketApp:
         connections are open. ``None`` sets no limit.
     :param broker: carries broadcasts to other processes (``RedisBroker``); ``None`` delivers
         within this process.
-    :raises TypeError: a callback is not callable, or an argument has the wrong type.
+    :param history: keep every group's recent broadcasts (:class:`History`), so that a client
+        that reconnects can join with ``since=`` its last position and get what it missed;
+        group broadcasts then reach their peers through the history's envelope. Kept in this
+        process without a broker, in Redis with ``RedisBroker``. ``None``: nothing is kept.
+    :raises TypeError: a callback is not callable, or an argument has the wrong type (or the
+        broker keeps no history).
     :raises ValueError: ``max_connections`` is not positive.
     """
 
@@ -94,6 +101,7 @@ class WebSocketApp:
         websocket_server: WebSocketServer | None = None,
         max_connections: int | None = None,
         broker: Broker | None = None,
+        history: History | None = None,
     ) -> None:
         if not callable(on_establish):
             raise TypeError("on_establish must be callable")
@@ -108,6 +116,10 @@ class WebSocketApp:
                 raise ValueError("max_connections must be positive")
         if broker is not None and not isinstance(broker, Broker):
             raise TypeError("broker must be a Broker, such as RedisBroker")
+        if history is not None and not isinstance(history, History):
+            raise TypeError("history must be a History")
+        if history is not None and broker is not None and not broker.keeps_history:
+            raise TypeError(f"{type(broker).__name__} keeps no history")
         self._on_establish = on_establish
         self._on_error: ErrorHandler = on_error or default_on_error
         self._server = websocket_server or WebSocketServer()
@@ -117,6 +129,9 @@ class WebSocketApp:
         self._connections_view = _ConnectionsView(self._connections)
         self._groups: Groups[Connection] = Groups(
             self._group_created, self._group_emptied, self._counts_changed
+        )
+        self._histories: GroupHistories[Connection] | None = (
+            None if history is None else GroupHistories(history, broker, self._groups.members)
         )
         self._shutting_down = False
         self._preparing = 0
@@ -183,6 +198,7 @@ class WebSocketApp:
             writer,
             groups=self._groups,
             forget=self._forget,
+            histories=self._histories,
         )
         self._connections.add(connection)
         self._counts_changed()
@@ -243,7 +259,7 @@ class WebSocketApp:
         *,
         group: str | None = None,
         exclude: Connection | Iterable[Connection] | None = None,
-    ) -> None:
+    ) -> Position | None:
         """Send ``data`` to every open connection, or to the members of ``group``.
 
         ``str`` goes as a text frame, ``bytes`` as a binary one, to every target but those in
@@ -255,6 +271,9 @@ class WebSocketApp:
         With a broker, the broadcast goes through it to every process that shares it. Either
         way, awaiting it lets other tasks run: a loop of broadcasts does not hold the event loop.
 
+        With history, a broadcast to a group is kept, numbered, and sent through the history's
+        envelope; its :class:`Position` is returned. Otherwise it returns ``None``.
+
         :raises TypeError: ``data`` is neither ``str`` nor ``bytes``.
         :raises BrokerError: the broker cannot deliver it.
         """
@@ -262,12 +281,39 @@ class WebSocketApp:
             data = bytes(data)
         if not isinstance(data, str | bytes):
             raise TypeError(f"broadcast() takes str or bytes, not {type(data).__name__}")
+        if group is not None and self._histories is not None:
+            return await self._broadcast_kept(data, group, _connection_ids(exclude))
         message = Broadcast(data, group, _connection_ids(exclude))
         if self._broker is None:
             self.deliver(message)
             await self._let_others_run()
         else:
             await self._broker.publish(message)
+        return None
+
+    async def _broadcast_kept(
+        self, data: str | bytes, group: str, exclude: frozenset[str]
+    ) -> Position:
+        assert self._histories is not None
+        position = await self._histories.broadcast(data, group, exclude)
+        if self._broker is None:
+            await self._let_others_run()
+        return position
+
+    async def position(self, group: str) -> Position:
+        """Return the latest :class:`Position` of ``group``'s history.
+
+        Read your application's state from its own database, then join with ``since=`` the
+        position read before it: nothing is missed in between.
+
+        :raises ValueError: the endpoint has no history.
+        :raises BrokerError: the broker cannot read it.
+        """
+        if not isinstance(group, str):
+            raise TypeError("a group name is a str")
+        if self._histories is None:
+            raise ValueError("position() needs an endpoint with history=History(...)")
+        return await self._histories.position(group)
 
     async def _let_others_run(self) -> None:
         # A turn of the event loop costs about as much as a small broadcast: take one only
@@ -279,6 +325,9 @@ class WebSocketApp:
 
     def deliver(self, broadcast: Broadcast) -> None:
         """Send ``broadcast`` to this process's own connections (a broker calls this)."""
+        if broadcast.position is not None and self._histories is not None:
+            self._histories.deliver(broadcast)
+            return
         if broadcast.group is None:
             targets: Iterable[Connection] = tuple(self._connections)
         else:
@@ -299,6 +348,8 @@ class WebSocketApp:
             self._broker.group_joined(name)
 
     def _group_emptied(self, name: str) -> None:
+        if self._histories is not None:
+            self._histories.forget(name)
         if self._broker is not None:
             self._broker.group_left(name)
 
@@ -354,6 +405,8 @@ class WebSocketApp:
         await self.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        if self._histories is not None:
+            await self._histories.stop()
         if self._broker is not None:
             await self._broker.stop()
 

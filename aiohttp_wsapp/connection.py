@@ -41,6 +41,8 @@ from .frames import (
     frame_header,
 )
 from .groups import Groups
+from .history import Position, Recovery
+from .recovery import GroupHistories
 from .server import WebSocketServer
 
 __all__ = ["Connection", "ConnectionState", "Endpoint", "Handler", "Response", "new_response"]
@@ -126,8 +128,11 @@ class Endpoint(Protocol):
         *,
         group: str | None = None,
         exclude: Connection | Iterable[Connection] | None = None,
-    ) -> None:
+    ) -> Position | None:
         """Send ``data`` to every open connection, or to the members of ``group``."""
+
+    async def position(self, group: str) -> Position:
+        """The latest position of ``group``'s history."""
 
 
 class Response(web.WebSocketResponse):
@@ -313,8 +318,10 @@ class Connection:
         *,
         groups: Groups[Connection],
         forget: Callable[[Connection], None],
+        histories: GroupHistories[Connection] | None = None,
     ) -> None:
         self._app = app
+        self._histories = histories
         self._request = request
         self._ws = ws
         ws.connection = self
@@ -547,6 +554,17 @@ class Connection:
             self._drop(WSCloseCode.POLICY_VIOLATION, _SEND_BUFFER_OVERFLOW)
         return self._sent
 
+    @property
+    def id(self) -> str:
+        """Names this connection across every process that shares the broker (for the
+        endpoint, not for applications)."""
+        return self._id
+
+    def send_broadcast(self, frames: BroadcastFrames) -> None:
+        """Send one broadcast message, in the frame its peers of a kind share (for the
+        endpoint, not for applications)."""
+        self._send_broadcast(frames)
+
     def _send_broadcast(self, frames: BroadcastFrames) -> None:
         """Send one broadcast message, in the frame its peers of a kind share."""
         if not self._cannot_send():
@@ -677,16 +695,44 @@ class Connection:
 
     # -- groups -----------------------------------------------------------------------------
 
-    def join(self, name: str) -> None:
+    @overload
+    def join(self, name: str, since: None = None) -> Awaitable[None]: ...
+    @overload
+    def join(self, name: str, since: Position) -> Awaitable[Recovery]: ...
+    def join(self, name: str, since: Position | None = None) -> Awaitable[Recovery | None]:
         """Add this connection to the group ``name`` (for :meth:`WebSocketApp.broadcast`).
 
-        A closed connection joins nothing.
+        With ``since`` (a :class:`Position` the client received last), first send it every
+        broadcast to the group after ``since``, in order, through the history's envelope;
+        broadcasts that arrive meanwhile follow, none lost and none twice. The replay starts at
+        once, awaited or not; awaiting the result gives the :class:`Recovery`: when the history
+        no longer reaches back to ``since`` (trimmed, expired, another epoch), nothing is
+        replayed, ``recovered`` is false, and the connection is joined all the same (its client
+        should reload its state).
+
+        Without ``since``, the connection joins at once; the result need not be awaited. A
+        closed connection joins nothing.
+
+        :raises TypeError: ``name`` is not a ``str``, or ``since`` not a :class:`Position`.
+        :raises ValueError: ``since`` is given but the endpoint has no history.
+        :raises BrokerError: (awaited) the history cannot be read; the connection is then not
+            joined.
         """
         if not isinstance(name, str):
             raise TypeError("a group name is a str")
-        if name not in self._groups and self._state is not CLOSED:
+        if since is not None:
+            if not isinstance(since, Position):
+                raise TypeError(f"since must be a Position, not {type(since).__name__}")
+            if self._histories is None:
+                raise ValueError("join(since=...) needs an endpoint with history=History(...)")
+        if self._state is CLOSED:
+            return _DONE if since is None else self._dropped("join")
+        if name not in self._groups:
             self._groups |= {name}
             self._registry.add(name, self)
+        if since is None or self._histories is None:
+            return _DONE
+        return self._histories.join_since(self, name, since)
 
     def leave(self, name: str) -> None:
         """Remove this connection from the group ``name``; nothing happens if it is not in it."""
