@@ -36,7 +36,7 @@ from .frames import BroadcastFrames, Opcode
 from .history import History, Position, Recovery
 from .local_history import LocalHistory
 
-__all__ = ["GroupHistories", "HistoryMember"]
+__all__ = ["GroupHistories", "HistoryMember", "check_since"]
 
 logger = logging.getLogger("aiohttp_wsapp")
 
@@ -267,6 +267,18 @@ class GroupHistories(Generic[M]):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def check_since(since: object, histories: GroupHistories[Any] | None) -> None:
+    """Check the ``since`` of a join.
+
+    :raises TypeError: ``since`` is not a :class:`Position`.
+    :raises ValueError: the endpoint keeps no history (``histories`` is ``None``).
+    """
+    if not isinstance(since, Position):
+        raise TypeError(f"since must be a Position, not {type(since).__name__}")
+    if histories is None:
+        raise ValueError("join(since=...) needs an endpoint with history=History(...)")
 
 
 class _CatchUp:
