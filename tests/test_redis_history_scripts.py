@@ -12,25 +12,25 @@ from redis_server import RedisServer
 from support import TIMEOUT
 
 from aiohttp_wsapp import History, Position
+from aiohttp_wsapp.broker import Broadcast
 from aiohttp_wsapp.history import new_epoch
-from aiohttp_wsapp.redis_history import (
-    KEPT,
+from aiohttp_wsapp.redis.codec import KEPT, decode, entry_data
+from aiohttp_wsapp.redis.history import (
     PUBLISH,
     READ,
-    HistoryKeys,
     parse_published,
     parse_read,
     publish_args,
     read_args,
-    split_kept,
 )
+from aiohttp_wsapp.redis.names import HistoryKeys
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
 CHANNEL = b"test:group:g"
-KEYS = HistoryKeys(b"test").of(b"g")
+KEYS = HistoryKeys("test").of("g")
 
 
 @pytest.fixture
@@ -55,14 +55,14 @@ async def listener(redis: Redis) -> AsyncIterator[PubSub]:
 
 async def publish(redis: Redis, history: History, data: bytes, header: bytes = b"\x01") -> Position:
     args = publish_args(history, CHANNEL, header, data)
-    reply = await redis.eval(PUBLISH, 2, *KEYS, *args)
+    reply: list[Any] = await redis.eval(PUBLISH, 2, *KEYS, *args)
     return parse_published(reply)
 
 
 async def read(
     redis: Redis, history: History, since: Position | None
 ) -> tuple[bool, Position, list[bytes]]:
-    reply = await redis.eval(READ, 2, *KEYS, *read_args(history, since))
+    reply: list[Any] = await redis.eval(READ, 2, *KEYS, *read_args(history, since))
     return parse_read(reply)
 
 
@@ -96,7 +96,7 @@ async def test_the_message_is_published_with_its_position(redis: Redis, listener
     position = await publish(redis, history, b"payload", header=b"\x02\x00\x00\x00\x00")
     message = await next_message(listener)
     assert message[0] == KEPT
-    assert split_kept(message) == (position, b"\x02\x00\x00\x00\x00payload")
+    assert decode(message, "g") == Broadcast(b"payload", "g", frozenset(), position)
 
 
 async def test_read_returns_the_entries_after_a_position(redis: Redis) -> None:
@@ -229,7 +229,14 @@ async def test_a_restarted_redis_without_persistence_gives_a_new_epoch(
     assert (new.epoch != old.epoch, new.offset) == (True, 1)
 
 
-def test_split_kept_refuses_a_message_without_a_position() -> None:
-    for message in (b"", b"\x01abc", b"\x03abc.1", b"\x03abc\nrest", b"\x03" + b"a" * 200):
+def test_a_message_of_a_kept_broadcast_without_its_position_is_malformed() -> None:
+    for message in (b"\x03abc.1", b"\x03abc\n\x01\x00\x00\x00\x00", b"\x03" + b"a" * 200):
         with pytest.raises(ValueError):  # noqa: PT011
-            split_kept(message)
+            decode(message, "g")
+
+
+def test_entry_data_reads_the_kind_byte() -> None:
+    assert entry_data(b"\x01h\xc3\xa9") == "hé"
+    assert entry_data(b"\x02\x00\n") == b"\x00\n"
+    with pytest.raises(ValueError, match="unknown kind"):
+        entry_data(b"\x09x")

@@ -7,6 +7,9 @@ so the first ``:`` of a channel name ends its prefix and no two prefixes share a
 ``app``'s group ``all``, ``app:group:all``). Names are the UTF-8 bytes of the strings, lone
 surrogates included (``surrogatepass``), as Redis names are byte strings.
 
+History: ``{prefix}:history:{group}`` is the hash of a group's epoch and offset, and
+``{prefix}:kept:{group}`` the stream of its kept broadcasts (see :mod:`.history`).
+
 Presence: ``{prefix}:presence`` is the set of the ids of the processes that count, and
 ``{prefix}:presence:{id}`` the hash of each one's counts.
 
@@ -18,7 +21,15 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["GROUP_FIELD", "TOTAL_FIELD", "Channels", "PresenceKeys", "escaped", "utf8"]
+__all__ = [
+    "GROUP_FIELD",
+    "TOTAL_FIELD",
+    "Channels",
+    "HistoryKeys",
+    "PresenceKeys",
+    "escaped",
+    "utf8",
+]
 
 TOTAL_FIELD: Final = b"t"
 """The field of a process's presence hash that holds its open connections."""
@@ -54,6 +65,21 @@ class Channels:
         if channel.startswith(self._group_start):
             return channel[len(self._group_start) :].decode("utf-8", "surrogatepass")
         raise ValueError(f"not a channel of this prefix: {channel!r}")
+
+
+class HistoryKeys:
+    """The keys of the groups' histories of one prefix: a hash (epoch and offset) and a stream
+    (the kept broadcasts) per group, with the prefix escaped as in channel names."""
+
+    def __init__(self, prefix: str) -> None:
+        base = escaped(prefix)
+        self._hash_start: Final = base + b":history:"
+        self._stream_start: Final = base + b":kept:"
+
+    def of(self, group: str) -> tuple[bytes, bytes]:
+        """The hash and the stream of ``group``."""
+        name = utf8(group)
+        return self._hash_start + name, self._stream_start + name
 
 
 class PresenceKeys:

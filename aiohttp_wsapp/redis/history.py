@@ -2,9 +2,9 @@
 
 A group with history has two keys, both named after the group:
 
-- a hash, ``{prefix}:history:{group}``, with the fields ``epoch`` (the name of this history) and
-  ``offset`` (the number of broadcasts to the group so far). Both live in one hash, so that Redis
-  cannot lose (evict, expire) one without the other;
+- a hash, ``{prefix}:history:{group}`` (see :mod:`.names`), with the fields ``epoch`` (the
+  name of this history) and ``offset`` (the number of broadcasts to the group so far). Both
+  live in one hash, so that Redis cannot lose (evict, expire) one without the other;
 - a stream, ``{prefix}:kept:{group}``, of the kept broadcasts: the entry ID of a broadcast is
   ``<offset>-0``, so a replay reads exactly the IDs it needs and sees at once whether one is
   gone; its fields are ``t`` (when it was kept, in ms of Redis's clock) and ``d`` (one byte of
@@ -19,31 +19,39 @@ persistence, was flushed, or evicted it), and deletes the stream of the old one.
 offset of a silent group stay (the hash has no expiry); its stream expires ``ttl`` after the last
 broadcast.
 
-The published message is the channel message of the broadcast (see the broker's codec), after
-:data:`KEPT` and the position: ``b"\\x03" + b"<epoch>.<offset>" + b"\\n" + message``.
+The published message is the channel message of the broadcast after a mark and its position
+(see :mod:`.codec`), so that every process delivers it with its position.
+
+This module is package-internal: its names are public for the other modules of
+``aiohttp_wsapp.redis`` and for the tests, not for users.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
-from .history import History, Position, new_epoch
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+
+from ..broker import Broadcast, Kept
+from ..errors import BrokerError
+from ..history import History, Position, new_epoch
+from .client import ANSWER_TIMEOUT, LOST, reason, timeout
+from .codec import encode_head, entry_data
+from .names import HistoryKeys
 
 __all__ = [
-    "KEPT",
     "PUBLISH",
     "READ",
-    "HistoryKeys",
+    "RedisHistory",
     "parse_published",
     "parse_read",
     "publish_args",
     "read_args",
-    "split_kept",
 ]
-
-KEPT: Final = 3
-"""The first byte of a channel message that carries a position: a broadcast with history."""
 
 # KEYS: the hash, the stream. ARGV: the channel, the message to publish (its first byte is the
 # kind of the data), the data, size, ttl in ms, an epoch to start if there is none, the publish
@@ -124,21 +132,6 @@ return reply
 """
 
 
-class HistoryKeys:
-    """The names of the hash and the stream of a group's history, for one prefix.
-
-    ``base`` is the escaped prefix, as channel names start (it holds no ``:``).
-    """
-
-    def __init__(self, base: bytes) -> None:
-        self._hash_start: Final = base + b":history:"
-        self._stream_start: Final = base + b":kept:"
-
-    def of(self, group: bytes) -> tuple[bytes, bytes]:
-        """The hash and the stream of ``group`` (its name as bytes)."""
-        return self._hash_start + group, self._stream_start + group
-
-
 def publish_args(
     history: History,
     channel: bytes,
@@ -190,20 +183,96 @@ def parse_published(reply: Sequence[Any]) -> Position:
         raise ValueError(f"not a history reply from Redis: {reply!r:.200}") from exc
 
 
-def split_kept(message: bytes) -> tuple[Position, bytes]:
-    """Split a channel message that starts with :data:`KEPT`: its position, and the rest.
-
-    :raises ValueError: ``message`` does not start with a position.
-    """
-    newline = message.find(b"\n", 1, 100)
-    if message[:1] != bytes((KEPT,)) or newline < 0:
-        raise ValueError("a kept broadcast without its position")
-    return Position.parse(message[1:newline].decode("ascii")), message[newline + 1 :]
-
-
 def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
 def _text(value: Any) -> str:
     return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+class RedisHistory:
+    """Numbers, keeps and publishes group broadcasts, and reads the groups' histories, on one
+    Redis server.
+
+    :param prefix: the prefix whose keys it uses (see :mod:`.names`).
+    :param client: reads the histories, on its pool's connections.
+    :param submit: queues one packed command on the broker's ordered outbox (the publisher's
+        :meth:`~.publisher.Publisher.submit`), so that a broadcast with history keeps its place
+        among the plain ones; returns the future of its reply.
+    :param where: the server, as shown in errors.
+    :param publish_command: ``b"PUBLISH"``, or ``b"SPUBLISH"`` on a cluster.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        client: Redis,
+        submit: Callable[[Sequence[bytes]], asyncio.Future[Any]],
+        *,
+        where: str,
+        publish_command: bytes = b"PUBLISH",
+    ) -> None:
+        self._keys = HistoryKeys(prefix)
+        self._submit = submit
+        self._where = where
+        self._publish_command = publish_command
+        self._publish_sha = hashlib.sha1(PUBLISH.encode()).hexdigest().encode()
+        self._read = client.register_script(READ)
+
+    def prepare(self, connection: AbstractConnection) -> AbstractConnection:
+        """Make ``connection`` (the publisher's) load the publish script whenever it connects:
+        the outbox sends ``EVALSHA``, and Redis forgets its scripts when it restarts."""
+        register: Callable[[Any], None] = connection.register_connect_callback
+        register(self._load_scripts)
+        return connection
+
+    async def _load_scripts(self, connection: AbstractConnection) -> None:
+        await connection.send_command("SCRIPT", "LOAD", PUBLISH)
+        await connection.read_response()
+
+    def publish(
+        self, broadcast: Broadcast, channel: bytes, history: History
+    ) -> Awaitable[Position]:
+        """Queue the numbered publication of ``broadcast`` (to a group) on ``channel``; the
+        result is its position.
+
+        :raises ValueError: an excluded connection id is longer than 255 bytes.
+        """
+        assert broadcast.group is not None
+        head, data = encode_head(broadcast)
+        hash_key, stream_key = self._keys.of(broadcast.group)
+        args = publish_args(history, channel, head, data, self._publish_command)
+        reply = self._submit(_packed(b"EVALSHA", self._publish_sha, 2, hash_key, stream_key, *args))
+        return _position_of(reply)
+
+    async def read(self, group: str, since: Position | None, history: History) -> Kept:
+        """Read ``group``'s position and what it kept after ``since``, in one atomic step.
+
+        :raises BrokerError: Redis cannot be reached, or answered something else.
+        """
+        try:
+            async with timeout(ANSWER_TIMEOUT):
+                reply = await self._read(keys=self._keys.of(group), args=read_args(history, since))
+            recovered, position, entries = parse_read(reply)
+            return Kept(recovered, position, tuple(map(entry_data, entries)))
+        except (*LOST, ValueError) as exc:
+            raise BrokerError(
+                f"cannot read the history in Redis at {self._where}: {reason(exc)}"
+            ) from exc
+
+
+async def _position_of(reply: Awaitable[Any]) -> Position:
+    try:
+        return parse_published(await reply)
+    except ValueError as exc:
+        raise BrokerError(str(exc)) from None
+
+
+def _packed(*args: bytes | str | int) -> list[bytes]:
+    """``args`` as one command in RESP, for the outbox; the payload is not copied."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts += (b"$%d\r\n" % len(raw), raw, b"\r\n")
+    return parts
