@@ -216,19 +216,20 @@ async def _redis_memory(redis_url: str) -> tuple[float, int, int]:
     from redis.asyncio import Redis
 
     from aiohttp_wsapp import History
-    from aiohttp_wsapp.redis_history import PUBLISH, HistoryKeys, publish_args
+    from aiohttp_wsapp.redis.history import PUBLISH, publish_args
+    from aiohttp_wsapp.redis.names import HistoryKeys
 
     client = Redis.from_url(redis_url)
     await client.flushall()
     before = (await client.info("memory"))["used_memory"]
-    keys = HistoryKeys(b"bench-memory")
+    keys = HistoryKeys("bench-memory")
     history = History(size=1000)
     for group in range(20):
         for _ in range(1000):
             args = publish_args(history, b"nobody", b"\x01\x00\x00\x00\x00", PAYLOAD.encode())
-            await client.eval(PUBLISH, 2, *keys.of(b"group-%d" % group), *args)
+            await client.eval(PUBLISH, 2, *keys.of(f"group-{group}"), *args)
     used = (await client.info("memory"))["used_memory"] - before
-    hash_key, stream_key = keys.of(b"group-0")
+    hash_key, stream_key = keys.of("group-0")
     stream = await client.memory_usage(stream_key, samples=0)
     hash_ = await client.memory_usage(hash_key)
     await client.aclose()
