@@ -217,12 +217,12 @@ async def _redis_memory(redis_url: str) -> tuple[float, int, int]:
 
     from aiohttp_wsapp import History
     from aiohttp_wsapp.redis.history import PUBLISH, publish_args
-    from aiohttp_wsapp.redis.names import HistoryKeys
+    from aiohttp_wsapp.redis.names import Channels, HistoryKeys
 
     client = Redis.from_url(redis_url)
     await client.flushall()
     before = (await client.info("memory"))["used_memory"]
-    keys = HistoryKeys("bench-memory")
+    keys = HistoryKeys(Channels("bench-memory"))
     history = History(size=1000)
     for group in range(20):
         for _ in range(1000):

@@ -22,7 +22,7 @@ from support import TIMEOUT
 from aiohttp_wsapp import History, Position
 from aiohttp_wsapp.history import read_envelope
 from aiohttp_wsapp.redis.history import PUBLISH, publish_args
-from aiohttp_wsapp.redis.names import HistoryKeys
+from aiohttp_wsapp.redis.names import Channels, HistoryKeys
 
 NODE_SCRIPT = __file__.replace("test_history_redis.py", "history_node.py")
 RECONNECTED_WITHIN = 15.0
@@ -330,7 +330,7 @@ async def test_replay_then_live_none_lost_none_twice_across_processes(
 
 # -- gaps ---------------------------------------------------------------------------------------
 
-GROUP_KEYS = HistoryKeys(PREFIX).of("g")
+GROUP_KEYS = HistoryKeys(Channels(PREFIX)).of("g")
 TEXT_HEADER = b"\x01\x00\x00\x00\x00"
 """A channel message's header for text with no excluded connection (see the broker's codec)."""
 

@@ -23,14 +23,14 @@ from aiohttp_wsapp.redis.history import (
     publish_args,
     read_args,
 )
-from aiohttp_wsapp.redis.names import HistoryKeys
+from aiohttp_wsapp.redis.names import Channels, HistoryKeys
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
 CHANNEL = b"test:group:g"
-KEYS = HistoryKeys("test").of("g")
+KEYS = HistoryKeys(Channels("test")).of("g")
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ class RedisBroker(Broker):
         # Outside the pool: the pool's get and release would cost as much as a PUBLISH.
         make_connection: Callable[[], AbstractConnection] = client.connection_pool.make_connection
         publisher = Publisher(lambda: history.prepare(make_connection()), where=self._safe_url)
-        history = RedisHistory(self._prefix, client, publisher.submit, where=self._safe_url)
+        history = RedisHistory(self._channels, client, publisher.submit, where=self._safe_url)
         publisher.start()
         presence.start(counts)
         self._subscriber, self._publisher, self._presence = subscriber, publisher, presence

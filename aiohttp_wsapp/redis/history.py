@@ -1,11 +1,12 @@
 """The history of every group kept in Redis: the scripts that number, keep, publish and read.
 
-A group with history has two keys, both named after the group:
+A group with history has two keys, named after the group's channel (see :mod:`.names`), so that
+on a cluster, where the channel's name is one hash tag, they are in the channel's slot:
 
-- a hash, ``{prefix}:history:{group}`` (see :mod:`.names`), with the fields ``epoch`` (the
-  name of this history) and ``offset`` (the number of broadcasts to the group so far). Both
-  live in one hash, so that Redis cannot lose (evict, expire) one without the other;
-- a stream, ``{prefix}:kept:{group}``, of the kept broadcasts: the entry ID of a broadcast is
+- a hash, ``{channel}:history``, with the fields ``epoch`` (the name of this history) and
+  ``offset`` (the number of broadcasts to the group so far). Both live in one hash, so that
+  Redis cannot lose (evict, expire) one without the other;
+- a stream, ``{channel}:kept``, of the kept broadcasts: the entry ID of a broadcast is
   ``<offset>-0``, so a replay reads exactly the IDs it needs and sees at once whether one is
   gone; its fields are ``t`` (when it was kept, in ms of Redis's clock) and ``d`` (one byte of
   kind, as in the channel messages, then the data).
@@ -41,7 +42,7 @@ from ..errors import BrokerError
 from ..history import History, Position, new_epoch
 from .client import ANSWER_TIMEOUT, LOST, reason, timeout
 from .codec import encode_head, entry_data
-from .names import HistoryKeys
+from .names import Channels, HistoryKeys
 
 __all__ = [
     "PUBLISH",
@@ -195,7 +196,8 @@ class RedisHistory:
     """Numbers, keeps and publishes group broadcasts, and reads the groups' histories, on one
     Redis server.
 
-    :param prefix: the prefix whose keys it uses (see :mod:`.names`).
+    :param channels: the channel names of the broker's prefix; the keys of a group's history
+        are named after its channel (see :mod:`.names`).
     :param client: reads the histories, on its pool's connections.
     :param submit: queues one packed command on the broker's ordered outbox (the publisher's
         :meth:`~.publisher.Publisher.submit`), so that a broadcast with history keeps its place
@@ -206,14 +208,14 @@ class RedisHistory:
 
     def __init__(
         self,
-        prefix: str,
+        channels: Channels,
         client: Redis,
         submit: Callable[[Sequence[bytes]], asyncio.Future[Any]],
         *,
         where: str,
         publish_command: bytes = b"PUBLISH",
     ) -> None:
-        self._keys = HistoryKeys(prefix)
+        self._keys = HistoryKeys(channels)
         self._submit = submit
         self._where = where
         self._publish_command = publish_command

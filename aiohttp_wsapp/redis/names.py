@@ -7,8 +7,9 @@ so the first ``:`` of a channel name ends its prefix and no two prefixes share a
 ``app``'s group ``all``, ``app:group:all``). Names are the UTF-8 bytes of the strings, lone
 surrogates included (``surrogatepass``), as Redis names are byte strings.
 
-History: ``{prefix}:history:{group}`` is the hash of a group's epoch and offset, and
-``{prefix}:kept:{group}`` the stream of its kept broadcasts (see :mod:`.history`).
+History: ``{prefix}:group:{name}:history`` is the hash of a group's epoch and offset, and
+``{prefix}:group:{name}:kept`` the stream of its kept broadcasts: the group's channel name and a
+suffix (see :mod:`.history`).
 
 Presence: ``{prefix}:presence`` is the set of the ids of the processes that count, and
 ``{prefix}:presence:{id}`` the hash of each one's counts.
@@ -68,18 +69,21 @@ class Channels:
 
 
 class HistoryKeys:
-    """The keys of the groups' histories of one prefix: a hash (epoch and offset) and a stream
-    (the kept broadcasts) per group, with the prefix escaped as in channel names."""
+    """The keys of a group's history: named after the group's channel, so that they hash to the
+    channel's slot wherever the channel's name is one hash tag (on a cluster).
 
-    def __init__(self, prefix: str) -> None:
-        base = escaped(prefix)
-        self._hash_start: Final = base + b":history:"
-        self._stream_start: Final = base + b":kept:"
+    ``{channel}:history`` is the hash of the group's epoch and offset, ``{channel}:kept`` the
+    stream of its kept broadcasts. Different groups (and prefixes) have different channels, so
+    never share a key.
+    """
+
+    def __init__(self, channels: Channels) -> None:
+        self._channels = channels
 
     def of(self, group: str) -> tuple[bytes, bytes]:
         """The hash and the stream of ``group``."""
-        name = utf8(group)
-        return self._hash_start + name, self._stream_start + name
+        channel = self._channels.of(group)
+        return channel + b":history", channel + b":kept"
 
 
 class PresenceKeys:
