@@ -116,6 +116,13 @@ class Broker(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} keeps no history")
 
+    def on_reconnected(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional
+        """Call ``callback`` whenever the broker has connected again after losing its
+        connection: broadcasts made meanwhile may be missing from what it delivered.
+
+        A broker that keeps history calls it; the endpoint then checks its groups for gaps.
+        """
+
     async def subscribed(self, group: str) -> None:
         """Wait until this process receives every broadcast published to ``group`` from now on.
 

@@ -76,9 +76,11 @@ class Hub(Generic[Connection]):
         self._groups: Groups[Connection] = Groups(
             self._group_created, self._group_emptied, self._counts_changed
         )
-        self._histories: GroupHistories[Connection] | None = (
-            None if history is None else GroupHistories(history, broker, self._groups.members)
-        )
+        self._histories: GroupHistories[Connection] | None = None
+        if history is not None:
+            self._histories = GroupHistories(history, broker, self._groups.members)
+            if broker is not None:
+                broker.on_reconnected(self._histories.check_gaps)
         self._last_turn = 0.0
 
     @property

@@ -18,7 +18,8 @@ path, for groups only (broadcasts to everyone are neither kept nor wrapped):
   Redis lost its data) is a gap: the missing broadcasts are read from the history and delivered
   first, in order, while later arrivals wait; when the history no longer covers them, every
   member of the group here is closed with 1012 (service restart), so that its client rejoins
-  with ``since`` and learns whether it must reload.
+  with ``since`` and learns whether it must reload. When the broker connects again after a
+  loss, every group is checked at once, without waiting for its next broadcast.
 """
 
 from __future__ import annotations
@@ -149,6 +150,14 @@ class GroupHistories(Generic[M]):
             self._filling[group] = [broadcast]
             self._start(self._fill(group, last))
         # else: at or below the last position, delivered already by a gap fill.
+
+    def check_gaps(self) -> None:
+        """The broker connected again after a loss: fill every group's gap from the history (or
+        close its members), without waiting for the group's next broadcast."""
+        for group, last in tuple(self._last.items()):
+            if group not in self._filling:
+                self._filling[group] = []
+                self._start(self._fill(group, last))
 
     def forget(self, group: str) -> None:
         """``group`` has no member left here: what this process knew of it is stale."""

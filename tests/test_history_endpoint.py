@@ -395,8 +395,8 @@ async def test_a_replay_obeys_send_buffer_limit(serve: Serve, recorder: Recorder
     server = WebSocketServer(send_buffer_limit=256 * 1024, compress=False)
     endpoint = await serve_history(serve, recorder, websocket_server=server)
     first = await endpoint.wsapp.position("g")
-    for _ in range(64):  # 4 MiB kept, far more than the socket and the limit hold at once
-        await endpoint.wsapp.broadcast(b"\x00" * 64 * 1024, group="g")
+    for _ in range(64):  # 16 MiB kept, far more than the socket buffers and the limit hold
+        await endpoint.wsapp.broadcast(b"\x00" * 256 * 1024, group="g")
     ws, conn = await connect(endpoint, recorder)
     await conn.join("g", since=first)
     finished = await recorder.finish()

@@ -268,7 +268,7 @@ async def test_a_redis_restart_is_a_new_epoch_and_members_rejoin(
 ) -> None:
     a, b = await start_node(), await start_node()
     member = await connect(a, join=("g",))
-    talker = await connect(b, join=("g",))
+    talker = await connect(b)
     old = await talker.broadcast("g", "before the restart")
     assert (await member.envelope())[1] == old
     await redis_server.kill()
@@ -284,8 +284,9 @@ async def test_a_redis_restart_is_a_new_epoch_and_members_rejoin(
     new = Position.parse(reply["position"])
     assert new.epoch != old.epoch
     assert new.offset == 1
-    # a's broker may have missed broadcasts while Redis was down: its member is closed, to
-    # rejoin with since= and learn that the history was lost.
+    # a's broker may have missed broadcasts while Redis was down, and the history is gone: its
+    # member is closed (as soon as a's broker is back, broadcast or not), to rejoin with
+    # since= and learn that the history was lost.
     assert await member.closed_with() == 1012
     back = await connect(a)
     rejoined = await back.command("join", group="g", since=str(old))
@@ -388,6 +389,28 @@ async def test_a_gap_the_history_no_longer_holds_closes_the_members_with_1012(
     back = await connect(a)
     rejoined = await back.command("join", group="g", since=str(first))
     assert (rejoined["recovered"], rejoined["position"]) == (False, str(after))
+
+
+async def test_a_gap_is_filled_as_soon_as_the_broker_reconnects(
+    start_node: StartNode, connect: Connect, redis_server: RedisServer
+) -> None:
+    from redis.asyncio import Redis
+
+    a = await start_node()
+    member = await connect(a, join=("g",))
+    first = await member.broadcast("g", "first")
+    assert await member.envelope() == ("g", first, "first")
+    await missed_by_every_process(redis_server.url, 2)
+    client = Redis.from_url(redis_server.url)
+    try:  # the node loses its subscription, and connects again
+        await client.client_kill_filter(_type="pubsub")
+    finally:
+        await client.aclose()
+    # No broadcast after the reconnection: what was missed comes all the same.
+    assert await received(member, 2) == [
+        ("g", Position(first.epoch, 2), "missed 0"),
+        ("g", Position(first.epoch, 3), "missed 1"),
+    ]
 
 
 async def test_join_since_while_redis_is_unreachable_raises_broker_error(

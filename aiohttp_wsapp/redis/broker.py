@@ -78,6 +78,7 @@ class RedisBroker(Broker):
         self._publisher: Publisher | None = None
         self._presence: Presence | None = None
         self._history: RedisHistory | None = None
+        self._reconnected: list[Callable[[], None]] = []
 
     @property
     def url(self) -> str:
@@ -115,7 +116,7 @@ class RedisBroker(Broker):
             client.connection_pool.make_connection,
             partial(self._receive, deliver),
             where=self._safe_url,
-            on_connected=presence.changed,  # Redis may have lost the counts, if it restarted
+            on_connected=partial(self._connected_again, presence),
         )
         subscriber.ping_interval = self.ping_interval
         subscriber.subscribe(self._channels.all)
@@ -210,6 +211,17 @@ class RedisBroker(Broker):
         if keeper is None or not self._connected:
             raise BrokerError(f"not connected to Redis at {self._safe_url}")
         return await keeper.read(group, since, history)
+
+    def on_reconnected(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the subscription connected again after a loss (the
+        broadcasts of other processes meanwhile were missed)."""
+        self._reconnected.append(callback)
+
+    def _connected_again(self, presence: Presence) -> None:
+        presence.changed()  # Redis may have lost the counts, if it restarted
+        if self._subscriber is not None:  # not the first connection, made by start()
+            for callback in self._reconnected:
+                callback()
 
     async def subscribed(self, group: str) -> None:
         """Wait until Redis confirmed this process's subscriptions so far (the group's too).
