@@ -147,8 +147,8 @@ class GroupHistories(Generic[M]):
                 broadcast.exclude,
             )
         elif last.epoch != position.epoch or position.offset > last.offset:
-            self._filling[group] = [broadcast]
-            self._start(self._fill(group, last))
+            self._filling[group] = arrived = [broadcast]
+            self._start(self._fill(group, last, arrived))
         # else: at or below the last position, delivered already by a gap fill.
 
     def check_gaps(self) -> None:
@@ -156,12 +156,15 @@ class GroupHistories(Generic[M]):
         close its members), without waiting for the group's next broadcast."""
         for group, last in tuple(self._last.items()):
             if group not in self._filling:
-                self._filling[group] = []
-                self._start(self._fill(group, last))
+                arrived: list[Broadcast] = []
+                self._filling[group] = arrived
+                self._start(self._fill(group, last, arrived))
 
     def forget(self, group: str) -> None:
-        """``group`` has no member left here: what this process knew of it is stale."""
+        """``group`` has no member left here: what this process knew of it is stale (and a gap
+        fill under way has no one to fill for)."""
         self._last.pop(group, None)
+        self._filling.pop(group, None)
 
     def _send(
         self, group: str, position: Position, frames: BroadcastFrames, exclude: frozenset[str]
@@ -176,15 +179,17 @@ class GroupHistories(Generic[M]):
             elif catch_up.offer(member, position, frames):
                 self._stop_catching_up(group, member, catch_up)
 
-    async def _fill(self, group: str, last: Position) -> None:
-        """Deliver what the group missed after ``last``, then what arrived meanwhile; close the
-        members here if the history no longer holds it."""
+    async def _fill(self, group: str, last: Position, arrived: list[Broadcast]) -> None:
+        """Deliver what the group missed after ``last``, then what ``arrived`` meanwhile; close
+        the members here if the history no longer holds it."""
         try:
             kept = await self._read(group, last)
         except BrokerError as exc:
             logger.warning("cannot fill a gap in group %r: %s", group, exc)
             kept = None
-        arrived = self._filling.pop(group, [])
+        if self._filling.get(group) is not arrived:
+            return  # the group lost its last member here meanwhile: nothing to fill
+        del self._filling[group]
         if kept is None or not kept.recovered:
             self._last.pop(group, None)
             self._close_members(group)
