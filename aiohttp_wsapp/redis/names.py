@@ -7,6 +7,10 @@ so the first ``:`` of a channel name ends its prefix and no two prefixes share a
 ``app``'s group ``all``, ``app:group:all``). Names are the UTF-8 bytes of the strings, lone
 surrogates included (``surrogatepass``), as Redis names are byte strings.
 
+History: ``{prefix}:group:{name}:history`` is the hash of a group's epoch and offset, and
+``{prefix}:group:{name}:kept`` the stream of its kept broadcasts: the group's channel name and a
+suffix (see :mod:`.history`).
+
 Presence: ``{prefix}:presence`` is the set of the ids of the processes that count, and
 ``{prefix}:presence:{id}`` the hash of each one's counts.
 
@@ -18,7 +22,15 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["GROUP_FIELD", "TOTAL_FIELD", "Channels", "PresenceKeys", "escaped", "utf8"]
+__all__ = [
+    "GROUP_FIELD",
+    "TOTAL_FIELD",
+    "Channels",
+    "HistoryKeys",
+    "PresenceKeys",
+    "escaped",
+    "utf8",
+]
 
 TOTAL_FIELD: Final = b"t"
 """The field of a process's presence hash that holds its open connections."""
@@ -54,6 +66,24 @@ class Channels:
         if channel.startswith(self._group_start):
             return channel[len(self._group_start) :].decode("utf-8", "surrogatepass")
         raise ValueError(f"not a channel of this prefix: {channel!r}")
+
+
+class HistoryKeys:
+    """The keys of a group's history: named after the group's channel, so that they hash to the
+    channel's slot wherever the channel's name is one hash tag (on a cluster).
+
+    ``{channel}:history`` is the hash of the group's epoch and offset, ``{channel}:kept`` the
+    stream of its kept broadcasts. Different groups (and prefixes) have different channels, so
+    never share a key.
+    """
+
+    def __init__(self, channels: Channels) -> None:
+        self._channels = channels
+
+    def of(self, group: str) -> tuple[bytes, bytes]:
+        """The hash and the stream of ``group``."""
+        channel = self._channels.of(group)
+        return channel + b":history", channel + b":kept"
 
 
 class PresenceKeys:
