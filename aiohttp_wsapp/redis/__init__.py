@@ -29,5 +29,6 @@ The package, one job per module (all but :mod:`.broker` are package-internal):
 """
 
 from .broker import RedisBroker
+from .cluster import RedisClusterBroker
 
-__all__ = ["RedisBroker"]
+__all__ = ["RedisBroker", "RedisClusterBroker"]
