@@ -591,7 +591,8 @@ class Connection:
         if self._state is not OPEN:
             return False
         self._state = CLOSING
-        self._close_code = code
+        # A plain int: Python 3.10 prints a WSCloseCode (an IntEnum) by its name, 3.11+ by number.
+        self._close_code = int(code)
         self._close_reason = reason
         self._stop_keepalive()
         self._deadline = self._loop.call_later(self._close_timeout, _abort, self._transport)

@@ -6,6 +6,7 @@ import argparse
 import json
 import random
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -126,10 +127,15 @@ class ServerOptions:
     host: str
     port: int
     broadcast: bool
+    #: The handler form (``--handler``), for servers that offer more than one; else None.
+    handler: str | None = None
 
 
-def parse_server_args(description: str) -> ServerOptions:
+def parse_server_args(description: str, handlers: Sequence[str] = ()) -> ServerOptions:
     """Parse ``--host``, ``--port`` and ``--broadcast``, and raise the open-files limit.
+
+    A server that can echo with more than one form of handler names them in ``handlers``:
+    then ``--handler`` picks one, the first by default.
 
     With ``--broadcast`` a text message ``broadcast`` from any connection makes a server send
     :data:`BROADCAST_PAYLOAD` to every open connection (``broadcast NAME SEQ``: the message
@@ -140,9 +146,18 @@ def parse_server_args(description: str) -> ServerOptions:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--broadcast", action="store_true", help="broadcast mode, no echo")
+    if handlers:
+        parser.add_argument(
+            "--handler", choices=handlers, default=handlers[0], help="the echo handler's form"
+        )
     args = parser.parse_args()
     raise_nofile_limit()
-    return ServerOptions(host=args.host, port=args.port, broadcast=args.broadcast)
+    return ServerOptions(
+        host=args.host,
+        port=args.port,
+        broadcast=args.broadcast,
+        handler=getattr(args, "handler", None),
+    )
 
 
 def raise_nofile_limit() -> int:

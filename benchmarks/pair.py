@@ -28,9 +28,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.profiles import FULL
 from benchmarks.run import (
     DEFLATE_CLIENT,
-    FULL,
     ROOT,
     ServerFailed,
     client_command,

@@ -11,15 +11,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 
 from benchmarks.machine import cpu_model
+from benchmarks.profiles import Profile
+from benchmarks.sections import kept_sections
 from benchmarks.servers import ServerSpec
-
-if TYPE_CHECKING:
-    from benchmarks.run import Profile
 
 __all__ = ["Results", "write_report"]
 
@@ -664,4 +663,6 @@ def write_report(results: Results, path: Path) -> None:
         lines += ["", "## Failures", ""] + [
             f"- {failure.splitlines()[0]}" for failure in results.failures
         ]
+    for section in kept_sections(path):  # written by other tools (benchmarks.callgrind)
+        lines += ["", section]
     path.write_text("\n".join(lines).rstrip() + "\n")

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import busy_seconds
+from benchmarks.profiles import FULL, QUICK, Profile
 from benchmarks.report import Results, write_report
 from benchmarks.servers import SERVERS, ServerSpec
 
-__all__ = ["FULL", "QUICK", "Profile", "main", "run_suite"]
+__all__ = ["main", "run_suite"]
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -49,56 +50,6 @@ MAX_RETRIES = 2
 BOTTLENECK_SERVERS = ("raw_aiohttp", "picows")
 
 
-@dataclass(frozen=True)
-class Profile:
-    """How long and how often each scenario runs."""
-
-    name: str
-    rounds: int
-    memory_rounds: int
-    warmup: float
-    duration: float
-    echo_connections: tuple[int, ...] = (1, 50, 500)
-    echo_size: int = 32
-    stream_size: int = 64 * 1024
-    stream_window: int = 4
-    openers: int = 50
-    idle_connections: int = 5000
-    broadcast_connections: int = 5000
-    broadcast_rounds: int = 5
-    broadcast_repeats: int = 5
-    broadcast_warmups: int = 2
-    settle: float = 1.0
-    quiet_budget: float = 300.0
-    #: (6)-(8), permessage-deflate: the messages echoed, at how many connections.
-    deflate_echo_connections: int = 50
-    deflate_messages: tuple[str, ...] = ("text32", "json4k")
-    #: (7) and (8): the payloads broadcast, to how many connections, in how many rounds (the
-    #: memory of (8) is read on the same connections first, then broadcasts of one payload).
-    deflate_payloads: tuple[str, ...] = ("chat100", "json4k")
-    deflate_broadcast_connections: int = 5000
-    deflate_broadcast_rounds: int = 3
-    deflate_memory_payload: str = "json4k"
-    deflate_memory_broadcasts: int = 5
-
-
-FULL = Profile("full", rounds=8, memory_rounds=3, warmup=0.3, duration=1.0)
-QUICK = Profile(
-    "quick",
-    rounds=1,
-    memory_rounds=1,
-    warmup=0.2,
-    duration=0.5,
-    idle_connections=1000,
-    broadcast_connections=1000,
-    broadcast_rounds=1,
-    broadcast_repeats=3,
-    broadcast_warmups=1,
-    settle=0.3,
-    quiet_budget=15.0,
-    deflate_broadcast_connections=1000,
-    deflate_broadcast_rounds=1,
-)
 #: How the deflate scenarios' clients connect: offering permessage-deflate, or not.
 PEER_KINDS = ("deflate", "plain")
 DEFLATE_PARTS = ("deflate_echo", "deflate_broadcast")
@@ -201,7 +152,8 @@ def server(spec: ServerSpec, *, broadcast: bool = False) -> Iterator[RunningServ
     """Start ``spec``'s server pinned to the server core; stop it afterwards."""
     port = free_port()
     command = ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", spec.module]
-    command += ["--host", HOST, "--port", str(port)] + (["--broadcast"] if broadcast else [])
+    command += ["--host", HOST, "--port", str(port), *spec.args]
+    command += ["--broadcast"] if broadcast else []
     with tempfile.NamedTemporaryFile(prefix=f"bench-{spec.name}-", suffix=".log") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         running = RunningServer(spec, port, process, Path(log.name))
@@ -570,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             broadcast_rounds=rounds,
             deflate_broadcast_rounds=rounds,
         )
-    specs = list(SERVERS)
+    specs = [spec for spec in SERVERS if not spec.optional]
     if args.servers:
         wanted = set(args.servers.split(","))
         specs = [spec for spec in SERVERS if spec.name in wanted]

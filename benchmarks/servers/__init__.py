@@ -26,6 +26,10 @@ class ServerSpec:
     echo: bool = True
     #: Takes part in the permessage-deflate scenarios (6) to (8) (``benchmarks.deflate_client``).
     deflate: bool = False
+    #: More command-line arguments for the server (e.g. ``("--handler", "def")``).
+    args: tuple[str, ...] = ()
+    #: Runs only when named (``--servers``, ``benchmarks.pair --contender``), not in a full run.
+    optional: bool = False
 
 
 #: Every implementation, in the order the tables show them; raw aiohttp is the baseline.
@@ -43,6 +47,20 @@ SERVERS: tuple[ServerSpec, ...] = (
         "benchmarks.servers.wsapp",
         broadcast=True,
         deflate=True,
+    ),
+    ServerSpec(
+        "aiohttp_wsapp_def",
+        "aiohttp_wsapp, def handler",
+        "benchmarks.servers.wsapp",
+        args=("--handler", "def"),
+        optional=True,
+    ),
+    ServerSpec(
+        "aiohttp_wsapp_async",
+        "aiohttp_wsapp, async def handler",
+        "benchmarks.servers.wsapp",
+        args=("--handler", "async"),
+        optional=True,
     ),
     ServerSpec(
         "aiohttp_wsapp_defaults",
