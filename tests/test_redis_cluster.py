@@ -345,3 +345,36 @@ def test_bad_arguments_are_refused() -> None:
     broker = RedisClusterBroker("redis://user:secret@localhost:7000")
     assert "secret" not in repr(broker)
     assert broker.url == "redis://user@localhost:7000"
+
+
+async def test_a_broker_in_this_process_delivers_counts_and_leaves_nothing_behind(
+    healthy: RedisCluster,
+) -> None:
+    from aiohttp_wsapp.broker import Broadcast
+    from aiohttp_wsapp.redis import RedisClusterBroker
+
+    before = asyncio.all_tasks()
+    received: asyncio.Queue[Broadcast] = asyncio.Queue()
+    sizes = {"room": 2}
+    broker, observer = RedisClusterBroker(healthy.url), RedisClusterBroker(healthy.url)
+    await broker.start(received.put_nowait, lambda: (3, sizes))
+    await observer.start(lambda broadcast: None)
+    try:
+        broker.group_joined("room")
+        await observer.publish(Broadcast("to everyone"))
+        assert await asyncio.wait_for(received.get(), TIMEOUT) == Broadcast("to everyone")
+        await wait_for_shard_subscribers(healthy, "room", 1)
+        await observer.publish(Broadcast(b"\x00", group="room", exclude=frozenset({"x"})))
+        assert await asyncio.wait_for(received.get(), TIMEOUT) == Broadcast(
+            b"\x00", group="room", exclude=frozenset({"x"})
+        )
+        await wait_for_count(lambda: observer.count("room"), 2)
+        assert await observer.count() == 3
+        assert await broker.count("room") == 2  # its own, read live
+    finally:
+        await broker.stop()
+    assert await observer.count("room") == 0  # a broker that stops deletes its counts
+    await observer.stop()
+    assert asyncio.all_tasks() == before
+    with pytest.raises(BrokerError, match="not connected"):
+        await broker.publish(Broadcast("after stop"))

@@ -188,9 +188,14 @@ class RedisClusterBroker(Broker):
             raise BrokerError(f"not connected to the Redis Cluster at {self._safe_url}")
         channel = self._channels.of(broadcast.group)
         try:
-            await shards.shard_of(channel).publish(channel, encode(broadcast))
+            shard = shards.shard_of(channel)
+        except BrokerError:
+            self._map_stale.set()  # a slot without a primary: look again
+            raise
+        try:
+            await shard.publish(channel, encode(broadcast))
         except BrokerError as exc:
-            if isinstance(exc.__cause__, ResponseError) or "no primary" in str(exc):
+            if isinstance(exc.__cause__, ResponseError):
                 self._map_stale.set()  # MOVED, CLUSTERDOWN: the map is out of date
             raise
 

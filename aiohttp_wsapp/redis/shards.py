@@ -62,7 +62,7 @@ class Shard:
         """Close every connection to this primary; wait until that is done."""
         await self.subscriber.stop()
         await self.publisher.stop()
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
     async def publish(self, channel: bytes, message: bytes) -> None:
         """``SPUBLISH`` once this shard's subscriptions made so far are settled.
