@@ -536,7 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(args.serve, args.redis)
         return 0
     if args.throughput_worker:
-        throughput_worker(args.broker, args.redis, args.hiredis, args.broadcasts, args.publishers)
+        throughput_worker(
+            args.broker, args.redis, args.hiredis, args.broadcasts, args.publishers, args.groups
+        )
         return 0
     if args.quick:
         args.connections, args.rounds = 200, 5
