@@ -6,12 +6,14 @@ import asyncio
 import base64
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
 from conftest import Endpoint, Serve, echo
 from pytest_aiohttp import AiohttpClient
+from rawws import RawWebSocket, address, until
 from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import ERROR_KEY, ORIGIN_NOT_ALLOWED, Connection, WebSocketApp, WebSocketServer
@@ -199,21 +201,38 @@ async def test_awaited_sends_wait_for_the_socket_to_drain(serve: Serve) -> None:
     assert most_after_await <= 64 * 1024 + len(chunk)
 
 
-async def test_buffered_amount_grows_when_the_peer_does_not_read(
+def kernel_socket_buffers() -> int:
+    """The most the kernel can hold of one loopback TCP connection's data in flight: the largest
+    send buffer of one end plus the largest receive buffer of the other."""
+    largest = [
+        int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+        for name in ("tcp_wmem", "tcp_rmem")
+    ]
+    return sum(largest)
+
+
+async def test_buffered_amount_holds_what_the_peer_does_not_read_until_it_reads(
     serve: Serve, recorder: Recorder
 ) -> None:
-    amounts: asyncio.Future[list[int]] = asyncio.Future()
+    chunk, chunks = 1024 * 1024, 32
+    frame_size = chunk + 10  # a 1 MiB payload has a 10-byte header
 
     def fill(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
-        for _ in range(32):
-            conn.send(b"\x03" * 1024 * 1024)
-        amounts.set_result([conn.buffered_amount])
+        recorder.on_establish(conn, request, results)
+        for _ in range(chunks):
+            conn.send(b"\x03" * chunk)
 
     server = WebSocketServer(compress=False, send_buffer_limit=64 * 1024 * 1024)
     endpoint = await serve(fill, websocket_server=server)
-    _, writer = await open_raw_websocket(endpoint)
-    [amount] = await asyncio.wait_for(amounts, TIMEOUT)
-    assert 0 < amount <= 32 * (1024 * 1024 + 10)
+    reader, writer = await open_raw_websocket(endpoint)
+    conn = await recorder.connection()
+    # What the kernel does not hold for the peer that does not read stays in the buffer.
+    assert chunks * frame_size - kernel_socket_buffers() <= conn.buffered_amount
+    assert conn.buffered_amount <= chunks * frame_size
+    # Once the peer reads everything, nothing is left.
+    received = await asyncio.wait_for(reader.readexactly(chunks * frame_size), TIMEOUT)
+    assert received[10:frame_size] == b"\x03" * chunk
+    await until(lambda: conn.buffered_amount == 0)
     writer.close()
     await writer.wait_closed()
 
@@ -273,3 +292,46 @@ async def test_handshakes_still_being_sent_count_against_max_connections(
     release.set()
     ws = await asyncio.wait_for(first, TIMEOUT)
     await ws.close()
+
+
+async def read_bytes(reader: asyncio.StreamReader, count: int) -> None:
+    """Read and drop ``count`` bytes, a chunk at a time."""
+
+    async def read() -> None:
+        left = count
+        while left:
+            chunk = await reader.read(min(left, 256 * 1024))
+            assert chunk, f"the connection ended {left} bytes short"
+            left -= len(chunk)
+
+    await asyncio.wait_for(read(), TIMEOUT)
+
+
+async def test_a_handler_that_returns_send_keeps_backpressure(
+    serve: Serve, recorder: Recorder
+) -> None:
+    """The README's ``lambda c, m: c.send(m)``: what it returns is waited on while the buffer is
+    full, so the next handler (and the next message) waits for the peer to read."""
+    reply = b"\x03" * 12 * 1024 * 1024  # more than the kernel buffers for a peer that does not read
+    seen: list[int] = []  # the connection's buffered bytes when the second handler ran
+
+    def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+        recorder.on_establish(conn, request, results)
+        conn.on("message", lambda c, m: c.send(reply))
+        conn.on("message", lambda c, m: seen.append(c.buffered_amount))
+
+    server = WebSocketServer(send_buffer_limit=64 * 1024 * 1024)
+    endpoint = await serve(on_establish, websocket_server=server)
+    peer = await RawWebSocket.connect(*address(endpoint.server), receive_buffer=16 * 1024)
+    conn = await recorder.connection()
+    peer.send_text("go")
+    await until(lambda: conn.buffered_amount > 1024 * 1024)
+    # Without the wait, the second handler would have run right after the first, in the same
+    # turn of the event loop that filled the buffer.
+    assert seen == []
+    await read_bytes(peer.reader, len(reply) + 10)  # the frame: a 10-byte header and the reply
+    await until(lambda: bool(seen))
+    low_water, _ = conn.request.transport.get_write_buffer_limits()  # type: ignore[union-attr]
+    assert seen[0] <= low_water
+    await peer.close_socket()
+    await recorder.finish()
