@@ -140,8 +140,8 @@ class RedisClusterBroker(Broker):
         )
         self._shards, self._presence = shards, presence
         shards.apply(topology)
-        first = shards.shard_of(self._channels.all)
         try:
+            first = shards.shard_of(self._channels.all)
             async with timeout(ANSWER_TIMEOUT):
                 await first.subscriber.until_connected()
         except BaseException as exc:
