@@ -761,3 +761,39 @@ def test_the_url_shown_leaves_out_the_password(redis_module: None) -> None:
     broker = RedisBroker("redis://user:secret@localhost:6379/1")
     assert broker.url == "redis://user@localhost:6379/1"
     assert "secret" not in repr(broker)
+
+
+async def test_the_publisher_settles_each_command_of_a_batch_with_its_own_reply(
+    redis_module: None, redis_server: RedisServer, redis: Redis
+) -> None:
+    # The outbox is where a scripted publish goes (history): one refused command fails alone.
+    from redis.asyncio import Redis as Client
+
+    from aiohttp_wsapp.redis.publisher import Publisher
+
+    client = Client.from_url(redis_server.url)
+    publisher = Publisher(client.connection_pool.make_connection, where=redis_server.url)
+    publisher.start()
+    try:
+
+        def pack(*args: str) -> list[bytes]:
+            parts = [b"*%d\r\n" % len(args)]
+            for arg in args:
+                parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg.encode()))
+            return parts
+
+        replies = [
+            publisher.publish(b"channel", b"first"),
+            publisher.submit(pack("INCR", "counter")),
+            publisher.submit(pack("NO-SUCH-COMMAND")),
+            publisher.submit(pack("INCR", "counter")),
+        ]
+        assert await replies[0] == 0  # PUBLISH: no subscriber
+        assert await replies[1] == 1
+        with pytest.raises(BrokerError, match="Redis refused a command: unknown command"):
+            await replies[2]
+        assert await replies[3] == 2  # in order, after the refused one
+    finally:
+        await publisher.stop()
+        await client.aclose()
+    assert await redis.get("counter") == b"2"
