@@ -1000,12 +1000,13 @@ _AUTO = re.compile(r"^\.\. auto(?:class|function|data|exception):: (?P<name>[\w.
 
 
 def public_names() -> dict[str, object]:
-    """Every public name: ``aiohttp_wsapp.__all__``, and ``aiohttp_wsapp.redis.RedisBroker``."""
+    """Every public name: ``aiohttp_wsapp.__all__``, and ``aiohttp_wsapp.redis.__all__``."""
     names: dict[str, object] = {
         name: getattr(aiohttp_wsapp, name) for name in aiohttp_wsapp.__all__
     }
     redis = importlib.import_module("aiohttp_wsapp.redis")
-    names["redis.RedisBroker"] = redis.RedisBroker
+    for name in redis.__all__:
+        names[f"redis.{name}"] = getattr(redis, name)
     return names
 
 
