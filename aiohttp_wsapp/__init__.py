@@ -13,6 +13,7 @@ from .errors import (
     BrokerError,
     ConnectionClosed,
 )
+from .history import History, Position, Recovery
 from .server import WebSocketServer
 from .stats import Stats
 
@@ -32,6 +33,9 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "ConnectionState",
+    "History",
+    "Position",
+    "Recovery",
     "Stats",
     "WebSocketApp",
     "WebSocketServer",

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
 from .broker import Broker
 from .connection import Connection, new_response
@@ -24,8 +24,10 @@ from .errors import (
     default_on_error,
 )
 from .handshake import check_opening_handshake, origin_allowed
+from .history import History
 from .hub import Hub
 from .server import WebSocketServer, run_handshake_callback
+from .signatures import check_callback
 from .stats import Counters
 
 __all__ = ["WSAPP_KEY", "ErrorHandler", "EstablishHandler", "WebSocketApp", "create_app"]
@@ -62,7 +64,13 @@ class WebSocketApp(Hub[Connection]):
         connections are open. ``None`` sets no limit.
     :param broker: carries broadcasts to other processes (``RedisBroker``); ``None`` delivers
         within this process.
-    :raises TypeError: a callback is not callable, or an argument has the wrong type.
+    :param history: keep every group's recent broadcasts (:class:`History`), so that a client
+        that reconnects can join with ``since=`` its last position and get what it missed;
+        group broadcasts then reach their peers through the history's envelope. Kept in this
+        process without a broker, in Redis with ``RedisBroker``. ``None``: nothing is kept.
+    :raises TypeError: a callback is not callable, or its signature cannot take the arguments it
+        will be given (``on_establish`` three positional, ``on_error`` one), or an argument has
+        the wrong type (or the broker keeps no history).
     :raises ValueError: ``max_connections`` is not positive.
     """
 
@@ -74,11 +82,11 @@ class WebSocketApp(Hub[Connection]):
         websocket_server: WebSocketServer | None = None,
         max_connections: int | None = None,
         broker: Broker | None = None,
+        history: History | None = None,
     ) -> None:
-        if not callable(on_establish):
-            raise TypeError("on_establish must be callable")
-        if on_error is not None and not callable(on_error):
-            raise TypeError("on_error must be callable")
+        check_callback("on_establish", on_establish, "connection, request, handshake_results")
+        if on_error is not None:
+            check_callback("on_error", on_error, "request")
         if websocket_server is not None and not isinstance(websocket_server, WebSocketServer):
             raise TypeError("websocket_server must be a WebSocketServer")
         if max_connections is not None:
@@ -88,6 +96,10 @@ class WebSocketApp(Hub[Connection]):
                 raise ValueError("max_connections must be positive")
         if broker is not None and not isinstance(broker, Broker):
             raise TypeError("broker must be a Broker, such as RedisBroker")
+        if history is not None and not isinstance(history, History):
+            raise TypeError("history must be a History")
+        if history is not None and broker is not None and not broker.keeps_history:
+            raise TypeError(f"{type(broker).__name__} keeps no history")
         handshake_errors = (
             NOT_SUPPORTED,
             INVALID_REQUEST,
@@ -95,7 +107,9 @@ class WebSocketApp(Hub[Connection]):
             TOO_MANY_CONNECTIONS,
             SHUTTING_DOWN,
         )
-        super().__init__(websocket_server or WebSocketServer(), broker, Counters(handshake_errors))
+        super().__init__(
+            websocket_server or WebSocketServer(), broker, Counters(handshake_errors), history
+        )
         self._on_establish = on_establish
         self._on_error: ErrorHandler = on_error or default_on_error
         self._max_connections = max_connections
@@ -135,11 +149,12 @@ class WebSocketApp(Hub[Connection]):
             groups=self._groups,
             forget=self._forget,
             counters=self._counters,
+            histories=self._histories,
         )
         self._counters.handshakes_accepted += 1
         self._add(connection)
         if self._shutting_down:  # shutdown began while the 101 was being sent
-            connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
+            connection.go_away()
         elif self._drain is not None:  # ... or a drain did
             self._drain.close_late(connection)
         await connection.serve(self._on_establish, handshake_results)
@@ -172,7 +187,17 @@ class WebSocketApp(Hub[Connection]):
     ) -> tuple[Any, ...]:
         try:
             return await run_handshake_callback(self.websocket_server, request, response)
+        except web.HTTPException as exc:  # the callback's way to refuse
+            raise _HandshakeFailed(INVALID_REQUEST, exc) from None
         except Exception as exc:
+            # Most likely a bug in the callback: say so where the developer looks.
+            logger.warning(
+                "the handshake callback raised for %s %s; the handshake fails with %r",
+                request.method,
+                request.path,
+                INVALID_REQUEST,
+                exc_info=exc,
+            )
             raise _HandshakeFailed(INVALID_REQUEST, exc) from None
 
     async def _answer_failure(
@@ -225,15 +250,15 @@ class WebSocketApp(Hub[Connection]):
     async def _on_startup(self, app: web.Application) -> None:
         self._shutting_down = False
         self._drain = None
-        if self._broker is not None:
-            await self._broker.start(self.deliver, self._counts)
+        await self._start_broker()
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:
-        if self._broker is not None:
-            await self._broker.stop()
+        if self._histories is not None:
+            await self._histories.stop()
+        await self._stop_broker()
 
     async def shutdown(self) -> None:
         """Refuse new handshakes, close every connection with 1001 and wait for every ``finish``.
@@ -244,7 +269,7 @@ class WebSocketApp(Hub[Connection]):
         self._shutting_down = True
         connections = tuple(self.connections)
         for connection in connections:
-            connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
+            connection.go_away()
         finished = [connection.finished for connection in connections]
         if not finished:
             return

@@ -35,11 +35,13 @@ from .errors import ConnectionClosed
 from .events import Events, H, Handler, Registration
 from .frames import BroadcastFrames, Opcode, encode_frame
 from .groups import Groups
+from .history import Position, Recovery
 from .hub import Hub
 from .keepalive import Keepalive
 from .limits import Limits
 from .receiving import Receiver
-from .sending import Sender
+from .recovery import GroupHistories, check_since
+from .sending import DONE, Sender
 from .stats import Counters
 from .tasks import OwnedTasks
 from .upgrade import Response, negotiated_deflater, new_response, read_in_small_chunks
@@ -85,8 +87,10 @@ class Connection:
         groups: Groups[Connection],
         forget: Callable[[Connection], None],
         counters: Counters,
+        histories: GroupHistories[Connection] | None = None,
     ) -> None:
         self._app = app
+        self._histories = histories
         self._request = request
         self._ws = ws
         transport = request.transport
@@ -106,6 +110,7 @@ class Connection:
             owner=self,
             counters=counters,
         )
+        ws.sender = self._sender
         self._keepalive = Keepalive(settings.heartbeat, closing, self._sender)
         self._events = Events(self)
         self._limits = Limits.of(settings, closing, self._sender)  # counted from now on
@@ -264,13 +269,12 @@ class Connection:
             return self._sender.dropped("ping")
         return self._sender.write(encode_frame(Opcode.PING, bytes(data)))
 
-    def send_broadcast(self, frames: BroadcastFrames) -> bool:
-        """Send one broadcast message, in the frame its peers of a kind share; tell whether it
-        went out.
+    def send_broadcast(self, frames: BroadcastFrames) -> None:
+        """Send one broadcast message, in the frame its peers of a kind share.
 
         For the endpoint's :meth:`WebSocketApp.broadcast`, not for applications.
         """
-        return self._sender.broadcast(frames)
+        self._sender.broadcast(frames)
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -329,16 +333,37 @@ class Connection:
 
     # -- groups -----------------------------------------------------------------------------
 
-    def join(self, name: str) -> None:
+    @overload
+    def join(self, name: str, since: None = None) -> Awaitable[None]: ...
+    @overload
+    def join(self, name: str, since: Position) -> Awaitable[Recovery]: ...
+    def join(self, name: str, since: Position | None = None) -> Awaitable[Recovery | None]:
         """Add this connection to the group ``name`` (for :meth:`WebSocketApp.broadcast`).
 
+        With ``since``, the last :class:`Position` its client received, first send it every
+        broadcast to the group after ``since``, in order; broadcasts that arrive meanwhile
+        follow, none lost and none twice. The replay starts at once, awaited or not; the
+        awaitable gives the :class:`Recovery`. When the history no longer reaches back to
+        ``since``, nothing is replayed, ``recovered`` is false and the connection joins all the
+        same: its client should reload. Without ``since``, the result need not be awaited.
         A closed connection joins nothing.
+
+        :raises TypeError: ``since`` is not a :class:`Position`.
+        :raises ValueError: ``since`` is given and the endpoint keeps no history.
+        :raises BrokerError: (awaited) the history cannot be read; the connection is not joined.
         """
         if not isinstance(name, str):
             raise TypeError("a group name is a str")
-        if name not in self._groups and self._closing.state is not CLOSED:
+        if since is not None:
+            check_since(since, self._histories)
+        if self._closing.state is CLOSED:
+            return DONE if since is None else self._sender.dropped("join")
+        if name not in self._groups:
             self._groups |= {name}
             self._registry.add(name, self)
+        if since is None or self._histories is None:
+            return DONE
+        return self._histories.join_since(self, name, since)
 
     def leave(self, name: str) -> None:
         """Remove this connection from the group ``name``; nothing happens if it is not in it."""
@@ -346,23 +371,24 @@ class Connection:
             self._groups -= {name}
             self._registry.discard(name, self)
 
-    # -- serving: for the endpoint ----------------------------------------------------------
+    # -- serving: for the endpoint, not for applications -----------------------------------
 
     @property
     def id(self) -> str:
-        """Names this connection across every process that shares the broker.
-
-        For the endpoint's broadcast (its ``exclude``), not for applications.
-        """
+        """Names this connection in every process that shares the broker (for ``exclude``)."""
         return self._id
 
     @property
     def finished(self) -> asyncio.Future[None]:
-        """Done once the connection finished and its ``finish`` handlers returned.
-
-        For the endpoint's shutdown, not for applications.
-        """
+        """Done once the connection finished and its ``finish`` handlers returned (for shutdown)."""
         return self._finished
+
+    def go_away(self) -> None:
+        """Close with 1001 for the endpoint's shutdown, and end the server's side of the stream:
+        aiohttp reads nothing more once the application shuts down (:meth:`Closing.half_close`).
+        """
+        self.close(WSCloseCode.GOING_AWAY, "server shutting down")
+        self._closing.half_close()
 
     def stop(self) -> None:
         """Drop the socket and cancel whatever handler the connection is still running.
@@ -411,5 +437,5 @@ class Connection:
             self._registry.discard(name, self)
         self._groups = frozenset()
         self._forget(self)
-        self._ws.closing = None
+        self._ws.closing = self._ws.sender = None
         return self._events.close()

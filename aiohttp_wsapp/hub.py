@@ -3,40 +3,41 @@
 It is what a connection's handlers reach as :attr:`Connection.app`: :class:`WebSocketApp` is a
 hub that also answers handshakes. The hub knows its connections only as :class:`Member` objects,
 so that it sits below the connection's module and both can name it.
+
+With history, group broadcasts take the path of :class:`~.recovery.GroupHistories` (numbered,
+kept, wrapped in the envelope); everything else goes as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Set
-from typing import Generic, Protocol, TypeVar
+import logging
+from collections.abc import Awaitable, Generator, Hashable, Iterable, Iterator, Mapping, Set
+from typing import Any, Generic, Protocol, TypeVar
 
-from .broker import Broadcast, Broker
+from .broker import Broadcast, Broker, attach, detach
 from .errors import BrokerError
 from .frames import BroadcastFrames, Opcode
 from .groups import Groups
+from .history import History, Position
+from .recovery import GroupHistories, HistoryMember
 from .server import WebSocketServer
 from .stats import Counters, Stats
 
 __all__ = ["Hub", "Member"]
 
+logger = logging.getLogger("aiohttp_wsapp")
+
 _HOLD_LIMIT = 0.001
 """Seconds that awaited broadcasts may hold the event loop before they let other tasks run."""
 
 
-class Member(Hashable, Protocol):
-    """What a hub needs of a connection."""
-
-    @property
-    def id(self) -> str:
-        """Names the connection across every process that shares the broker."""
-
-    def send_broadcast(self, frames: BroadcastFrames) -> bool:
-        """Send one broadcast message, in the frame its peers of a kind share; tell whether it
-        went out."""
+class Member(HistoryMember, Hashable, Protocol):
+    """What a hub needs of a connection (with history: what its replays and gap fills need)."""
 
 
 Connection = TypeVar("Connection", bound=Member)
+T = TypeVar("T")
 """The type of the hub's connections: :class:`aiohttp_wsapp.Connection` for an endpoint."""
 
 
@@ -62,14 +63,20 @@ class Hub(Generic[Connection]):
     """The open connections of an endpoint in this process, its groups, and broadcast.
 
     ``broker`` carries broadcasts to (and counts from) the other processes that serve the
-    endpoint; ``None`` keeps both within this process. The endpoint (its subclass) adds each
-    connection with :meth:`_add`; a connection joins and leaves groups through :attr:`_groups`
-    and reports its end to :meth:`_forget`. ``counters`` count what the endpoint does, for
-    :meth:`stats`: the hub counts broadcasts, its connections and the endpoint the rest.
+    endpoint; ``None`` keeps both within this process. ``history`` keeps every group's recent
+    broadcasts (:attr:`_histories`). The endpoint (its subclass) adds each connection with
+    :meth:`_add`; a connection joins and leaves groups through :attr:`_groups` and reports its
+    end to :meth:`_forget`. ``counters`` count what the endpoint does, for :meth:`stats`: the
+    hub counts broadcasts and the broker's publications, the connections and the endpoint the
+    rest.
     """
 
     def __init__(
-        self, websocket_server: WebSocketServer, broker: Broker | None, counters: Counters
+        self,
+        websocket_server: WebSocketServer,
+        broker: Broker | None,
+        counters: Counters,
+        history: History | None = None,
     ) -> None:
         self._server = websocket_server
         self._broker = broker
@@ -79,7 +86,15 @@ class Hub(Generic[Connection]):
         self._groups: Groups[Connection] = Groups(
             self._group_created, self._group_emptied, self._counts_changed
         )
+        self._histories: GroupHistories[Connection] | None = None
+        if history is not None:
+            self._histories = GroupHistories(history, broker, self._groups.members)
+            if broker is not None:
+                broker.on_reconnected(self._histories.check_gaps)
         self._last_turn = 0.0
+        self._turn = _Turn(self)
+        self._broker_started = False
+        self._publications: set[asyncio.Task[Any]] = set()
 
     @property
     def websocket_server(self) -> WebSocketServer:
@@ -103,9 +118,11 @@ class Hub(Generic[Connection]):
         """Return how many connections are open (in ``group``), across every process that
         shares the broker; without a broker, in this process.
 
+        :raises RuntimeError: the endpoint has a broker that was never started.
         :raises BrokerError: the broker cannot count them.
         """
         if self._broker is not None:
+            self._check_broker_started()
             return await self._broker.count(group)
         if group is None:
             return len(self._connections)
@@ -113,13 +130,13 @@ class Hub(Generic[Connection]):
 
     # -- broadcast --------------------------------------------------------------------------
 
-    async def broadcast(
+    def broadcast(
         self,
         data: str | bytes,
         *,
         group: str | None = None,
         exclude: Connection | Iterable[Connection] | None = None,
-    ) -> None:
+    ) -> Awaitable[Position | None]:
         """Send ``data`` to every open connection, or to the members of ``group``.
 
         ``str`` goes as a text frame, ``bytes`` as a binary one, to every target but those in
@@ -128,31 +145,60 @@ class Hub(Generic[Connection]):
         no other: frames are written without waiting, and a peer whose unsent data passes its
         ``send_buffer_limit`` is dropped.
 
-        With a broker, the broadcast goes through it to every process that shares it. Either
-        way, awaiting it lets other tasks run: a loop of broadcasts does not hold the event loop.
+        With a broker, the broadcast goes through it to every process that shares it.
+
+        Like :meth:`Connection.send`, it need not be awaited: called from a plain function it
+        still happens, in call order (delivered here at once; with a broker, published in call
+        order), and a failure is logged at WARNING. Awaited, it raises the failure; and awaiting
+        lets other tasks run, so that a loop of broadcasts does not hold the event loop.
+
+        With history, a broadcast to a group is numbered, kept, and sent through the history's
+        envelope: it returns the broadcast's :class:`Position`. Otherwise it returns ``None``.
 
         :raises TypeError: ``data`` is neither ``str`` nor ``bytes``.
-        :raises BrokerError: the broker cannot deliver it.
+        :raises RuntimeError: the endpoint has a broker that was never started (see
+            :meth:`WebSocketApp.setup`).
+        :raises BrokerError: when awaited, if the broker cannot deliver it.
         """
         if isinstance(data, bytearray | memoryview):
             data = bytes(data)
         if not isinstance(data, str | bytes):
             raise TypeError(f"broadcast() takes str or bytes, not {type(data).__name__}")
-        message = Broadcast(data, group, _member_ids(exclude))
+        exclude_ids = _member_ids(exclude)
+        broker = self._broker
+        histories = self._histories
         self._counters.broadcasts += 1
-        if self._broker is None:
+        if group is not None and histories is not None:
+            if broker is None:
+                return _Turn(self, histories.send_here(data, group, exclude_ids))
+            self._check_broker_started()
+            kept = asyncio.get_running_loop().create_task(
+                _counted(broker, histories.publish(data, group, exclude_ids))
+            )
+            return _Publication(kept, self._publications)
+        message = Broadcast(data, group, exclude_ids)
+        if broker is None:
             self.deliver(message)
-            await self._let_others_run()
-        else:
-            await self._publish(self._broker, message)
+            return self._turn
+        self._check_broker_started()
+        task = asyncio.get_running_loop().create_task(_counted(broker, broker.publish(message)))
+        return _Publication(task, self._publications)
 
-    async def _publish(self, broker: Broker, message: Broadcast) -> None:
-        try:
-            await broker.publish(message)
-        except BrokerError:
-            broker.counters.errors += 1
-            raise
-        broker.counters.published += 1
+    async def position(self, group: str) -> Position:
+        """Return the latest :class:`Position` of ``group``'s history (offset 0 before its first
+        broadcast).
+
+        Take it before reading your application's state from its database, then join with
+        ``since=`` it: nothing is missed in between.
+
+        :raises ValueError: the endpoint has no history.
+        :raises BrokerError: the broker cannot read it.
+        """
+        if not isinstance(group, str):
+            raise TypeError("a group name is a str")
+        if self._histories is None:
+            raise ValueError("position() needs an endpoint with history=History(...)")
+        return await self._histories.position(group)
 
     async def _let_others_run(self) -> None:
         # A turn of the event loop costs about as much as a small broadcast: take one only
@@ -166,6 +212,9 @@ class Hub(Generic[Connection]):
         """Send ``broadcast`` to this process's own connections (a broker calls this)."""
         if self._broker is not None:
             self._broker.counters.received += 1
+        if broadcast.position is not None and self._histories is not None:
+            self._histories.deliver(broadcast)
+            return
         if broadcast.group is None:
             targets: Iterable[Connection] = tuple(self._connections)
         else:
@@ -177,14 +226,9 @@ class Hub(Generic[Connection]):
             else BroadcastFrames(Opcode.BINARY, data)
         )
         exclude = broadcast.exclude
-        sent = 0
         for connection in targets:
-            if connection.id not in exclude and connection.send_broadcast(frames):
-                sent += 1
-        counters = self._counters
-        counters.broadcast_frames += sent
-        counters.messages_sent += sent  # a broadcast counts once per peer
-        counters.bytes_sent += sent * len(frames.payload)
+            if connection.id not in exclude:
+                connection.send_broadcast(frames)
 
     # -- figures ----------------------------------------------------------------------------
 
@@ -196,6 +240,42 @@ class Hub(Generic[Connection]):
         """
         broker = None if self._broker is None else self._broker.counters
         return self._counters.snapshot(len(self._connections), broker)
+
+    # -- the broker's life: the endpoint's startup and cleanup call these ------------------
+
+    async def _start_broker(self) -> None:
+        """Connect the broker, for this endpoint alone."""
+        broker = self._broker
+        if broker is None:
+            return
+        attach(broker, self)
+        try:
+            await broker.start(self.deliver, self._counts)
+        except BaseException:
+            detach(broker, self)
+            raise
+        self._broker_started = True
+
+    async def _stop_broker(self) -> None:
+        """Let the broadcasts under way go out (for ``close_timeout`` at most); disconnect."""
+        broker = self._broker
+        if broker is None:
+            return
+        if self._publications:
+            await asyncio.wait(tuple(self._publications), timeout=self._server.close_timeout)
+        try:
+            await broker.stop()
+        finally:
+            detach(broker, self)
+
+    def _check_broker_started(self) -> None:
+        if not self._broker_started:
+            raise RuntimeError(
+                "the broker of this endpoint was never started: an endpoint with a broker starts "
+                "with its application. Mount it (app.add_subapp(path, wsapp.to_app())), run it "
+                "(web.run_app(wsapp.to_app())), or, when you route to wsapp.call yourself, call "
+                "wsapp.setup(app) before the application starts."
+            )
 
     # -- membership, and the counts a broker reads ------------------------------------------
 
@@ -214,6 +294,8 @@ class Hub(Generic[Connection]):
             self._broker.group_joined(name)
 
     def _group_emptied(self, name: str) -> None:
+        if self._histories is not None:
+            self._histories.forget(name)
         if self._broker is not None:
             self._broker.group_left(name)
 
@@ -224,6 +306,60 @@ class Hub(Generic[Connection]):
     def _counts(self) -> tuple[int, Mapping[str, int]]:
         """This process's open connections, and group name → its open members here (live)."""
         return len(self._connections), self._groups.sizes
+
+
+class _Turn:
+    """What a broadcast without a broker returns: delivered already, awaiting it lets other
+    tasks run now and then, and gives the broadcast's position (``None`` without history)."""
+
+    __slots__ = ("_hub", "_position")
+
+    def __init__(self, hub: Hub[Any], position: Position | None = None) -> None:
+        self._hub = hub
+        self._position = position
+
+    def __await__(self) -> Generator[Any, None, Position | None]:
+        yield from self._hub._let_others_run().__await__()
+        return self._position
+
+
+class _Publication:
+    """What a broadcast through a broker returns: its publication, under way in a task.
+
+    Awaiting it waits for the publication and raises its failure; a failure that nobody awaited
+    is logged at WARNING.
+    """
+
+    __slots__ = ("_awaited", "_task")
+
+    def __init__(self, task: asyncio.Task[Any], running: set[asyncio.Task[Any]]) -> None:
+        self._task = task
+        self._awaited = False
+        running.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(running.discard)
+        task.add_done_callback(self._finished)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        self._awaited = True
+        return self._task.__await__()
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here: awaited or not, it is reported once
+        if error is not None and not self._awaited:
+            logger.warning("a broadcast that was not awaited failed: %s", error, exc_info=error)
+
+
+async def _counted(broker: Broker, publication: Awaitable[T]) -> T:
+    """Await ``publication`` through ``broker``, counting it as published, or as an error."""
+    try:
+        result = await publication
+    except BrokerError:
+        broker.counters.errors += 1
+        raise
+    broker.counters.published += 1
+    return result
 
 
 def _member_ids(exclude: Member | Iterable[Member] | None) -> frozenset[str]:

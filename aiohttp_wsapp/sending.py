@@ -174,13 +174,19 @@ class Sender:
             return DONE  # the socket went first; the receive loop will see it
         return self.write(encode_frame(Opcode.CLOSE, _PACK_CLOSE_CODE(code) + encoded_reason))
 
-    def broadcast(self, frames: BroadcastFrames) -> bool:
-        """Send one broadcast message, in the frame its peers of a kind share; tell whether it
-        went out (the endpoint counts the frames and bytes of its broadcasts)."""
+    def broadcast(self, frames: BroadcastFrames) -> None:
+        """Send one broadcast message, in the frame its peers of a kind share.
+
+        Counted as a message sent and as a broadcast frame, whether it is a broadcast or the
+        history's replay or fill of one.
+        """
         if self.cannot_send():
-            return False
+            return
+        counters = self._counters
+        counters.messages_sent += 1
+        counters.bytes_sent += len(frames.payload)  # the envelope's, with history
+        counters.broadcast_frames += 1
         self.write(frames.frame(self.deflater))
-        return True
 
     def dropped(self, operation: str) -> Awaitable[None]:
         """Log that ``operation`` found the connection closed; return what raises that."""
