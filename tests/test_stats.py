@@ -327,3 +327,28 @@ async def test_broker_figures_with_redis(
         assert wsapps[1].stats().broker_errors == 1
     for client in (one, two):
         await client.close()  # stops the brokers while their Redis still runs
+
+
+async def test_group_broadcasts_with_history_count_their_envelopes(
+    serve: Serve, recorder: Recorder
+) -> None:
+    from aiohttp_wsapp import History
+    from aiohttp_wsapp.history import default_envelope
+
+    def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+        recorder.on_establish(conn, request, results)
+        conn.join("room")
+
+    endpoint = await serve(on_establish, history=History())
+    async with endpoint.client.ws_connect("/websocket") as ws:
+        await recorder.connection()
+        position = await endpoint.wsapp.broadcast("news", group="room")
+        assert position is not None
+        envelope = default_envelope(position, "room", "news")
+        received = await ws.receive(TIMEOUT)
+        assert received.data == envelope
+    await recorder.finish()
+    stats = endpoint.wsapp.stats()
+    size = len(envelope.encode() if isinstance(envelope, str) else envelope)
+    assert (stats.broadcasts, stats.broadcast_frames) == (1, 1)
+    assert (stats.messages_sent, stats.bytes_sent) == (1, size)  # the envelope, not "news"
