@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar, cast
+
 from aiohttp import web
 
 __all__ = [
@@ -32,10 +34,21 @@ TOO_MANY_CONNECTIONS = "too many connections"
 SHUTTING_DOWN = "server shutting down"
 """The application that holds the endpoint is shutting down."""
 
-ERROR_KEY = web.RequestKey("aiohttp_wsapp.error", str)
+_T = TypeVar("_T")
+
+
+def _request_key(name: str, value_type: type[_T]) -> web.RequestKey[_T]:
+    """An :class:`aiohttp.web.RequestKey`, or on aiohttp < 3.14, which has none, the plain string
+    ``name`` (SPEC §1): ``request[key]`` works with either."""
+    if hasattr(web, "RequestKey"):
+        return web.RequestKey(name, value_type)
+    return cast("web.RequestKey[_T]", name)
+
+
+ERROR_KEY = _request_key("aiohttp_wsapp.error", str)
 """The error string of a failed handshake, set on the request before ``on_error`` runs."""
 
-HANDSHAKE_ERROR_KEY = web.RequestKey("aiohttp_wsapp.error.handshake", Exception)
+HANDSHAKE_ERROR_KEY = _request_key("aiohttp_wsapp.error.handshake", Exception)
 """The exception that made a handshake invalid; set only with :data:`INVALID_REQUEST`."""
 
 _DEFAULT_STATUS = {

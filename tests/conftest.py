@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,3 +114,31 @@ async def browser() -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
+
+
+# -- the event loop, and the marker that lets a run leave the browser tests out --------------------
+
+EVENT_LOOP = os.environ.get("AIOHTTP_WSAPP_LOOP", "asyncio")
+"""The event loop of every asyncio test and fixture: ``asyncio`` (the default) or ``uvloop``."""
+
+if EVENT_LOOP == "uvloop":
+    import uvloop
+
+    # pytest-asyncio 1.4+ (the hook's name is unknown to older versions; test_event_loop.py
+    # fails if the loop is not uvloop's).
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        """Run every asyncio test, and the fixtures it uses, on a new ``uvloop.Loop``."""
+        return {"uvloop": uvloop.new_event_loop}
+
+elif EVENT_LOOP != "asyncio":
+    raise pytest.UsageError(f"AIOHTTP_WSAPP_LOOP must be asyncio or uvloop, not {EVENT_LOOP!r}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``browser`` every test that drives Chromium: ``-m "not browser"`` leaves them out."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)

@@ -21,6 +21,9 @@ from support import require_program
 TEST_TIMEOUT = autobahn.INSTALL_TIMEOUT + autobahn.FULL_TIMEOUT + 60
 """pytest-timeout's last resort; the install and the run time out well before, killing wstest."""
 
+pytestmark = pytest.mark.autobahn
+"""``-m "not autobahn"`` leaves conformance out (CI runs it on the default interpreter only)."""
+
 QUIET_LOGGERS = ("aiohttp_wsapp", "aiohttp.server", "aiohttp.web", "aiohttp.websocket")
 
 

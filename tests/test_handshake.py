@@ -3,12 +3,18 @@ then the ones that repeated header lines make, over real sockets with raw reques
 
 from __future__ import annotations
 
+import base64
+import binascii
+import string
+import sys
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from conftest import Serve
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 from rawws import address, handshake_headers, http_exchange, http_request
 from support import Recorder
@@ -157,3 +163,57 @@ async def test_a_client_that_offers_no_protocol_is_accepted_without_one(
 ) -> None:
     assert await exchange(serve, recorder, [], protocols=("chat",)) == ("101 None", [])
     assert (await recorder.connection()).protocol is None
+
+
+# -- the Sec-WebSocket-Key check on every Python ------------------------------------------------
+
+
+def key_is_accepted(key: str) -> bool:
+    """Whether the handshake check accepts ``key`` as the request's ``Sec-WebSocket-Key``."""
+    try:
+        check_opening_handshake(request_with(replaced(valid(), "Sec-WebSocket-Key", key)), ())
+    except web.HTTPBadRequest:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("key", "accepted"),
+    [
+        pytest.param("dGhlIHNhbXBsZSBub25jZQ==", True, id="rfc-6455-example"),
+        pytest.param("AAAAAAAAAAAAAAAAAAAAAB==", True, id="non-zero-unused-bits"),
+        pytest.param("+/+/+/+/+/+/+/+/+/+/+w==", True, id="plus-and-slash"),
+        pytest.param("dGhlIHNhbXBsZSBub25jZQ=", False, id="one-padding-character"),
+        pytest.param("dGhlIHNhbXBsZSBub25jZQ", False, id="no-padding"),
+        pytest.param("dGhlIHNhbXBsZSBub25jZQ==\n", False, id="trailing-newline"),
+        pytest.param("dGhlIHNhbXBsZSBub25jZQ==QQ", False, id="data-after-padding"),
+        pytest.param("dGhlIHNhbXBsZSBub25jZXM=", False, id="17-bytes"),
+        pytest.param("dGhlIHNhbXBsZSBub25j", False, id="15-bytes"),
+        pytest.param("dGhlIHNhbXBsZSBub25j-_==", False, id="url-safe-alphabet"),
+        pytest.param("dGhlIHNhbXBsZSBub25jZ é", False, id="not-ascii"),
+    ],
+)
+def test_the_key_must_be_strict_base64_of_16_bytes(key: str, accepted: bool) -> None:
+    # The check once used binascii's strict_mode, which Python 3.10 lacks: there every
+    # handshake failed, so the valid keys here are what failed on 3.10.
+    assert key_is_accepted(key) is accepted
+
+
+base64ish_keys = st.one_of(
+    st.binary(min_size=14, max_size=18).map(lambda raw: base64.b64encode(raw).decode()),
+    st.text(alphabet=string.ascii_letters + string.digits + "+/=-_ \t\n", min_size=20, max_size=27),
+    st.binary(min_size=16, max_size=16)
+    .map(lambda raw: base64.b64encode(raw).decode())
+    .flatmap(lambda key: st.integers(0, len(key)).map(lambda at: key[:at] + "=" + key[at:])),
+)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="binascii's strict_mode is Python 3.11+")
+@settings(max_examples=500, deadline=None)
+@given(key=base64ish_keys)
+def test_the_key_check_agrees_with_binascii_strict_mode(key: str) -> None:
+    try:
+        strictly_16_bytes = len(binascii.a2b_base64(key, strict_mode=True)) == 16  # type: ignore[call-arg,unused-ignore]
+    except ValueError:
+        strictly_16_bytes = False
+    assert key_is_accepted(key) is strictly_16_bytes

@@ -155,7 +155,7 @@ async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
 class NodeClient:
     """A client of a :class:`Node`: sends commands, and keeps apart replies and broadcasts."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
         self.ws = ws
         self.received: deque[str | bytes] = deque()
 
