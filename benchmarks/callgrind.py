@@ -48,7 +48,16 @@ from benchmarks.client import (
 from benchmarks.common import raise_nofile_limit
 from benchmarks.sections import replace_section
 
-__all__ = ["TARGETS", "Target", "main", "measure"]
+__all__ = [
+    "TARGETS",
+    "EchoBatch",
+    "EchoPeer",
+    "Target",
+    "free_port",
+    "handshakes",
+    "main",
+    "measure",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -255,10 +264,10 @@ class EchoBatch:
         await asyncio.wait_for(self.done, STEP_TIMEOUT)
 
 
-async def handshakes(server: Callgrind, total: int, concurrency: int) -> None:
+async def handshakes(port: int, total: int, concurrency: int) -> None:
     """``total`` handshakes, ``concurrency`` at a time: open, 101, close, the reply, EOF."""
     loop = asyncio.get_running_loop()
-    request = upgrade_request(server.url)
+    request = upgrade_request(f"ws://{HOST}:{port}/")
     left = total
 
     async def opener() -> None:
@@ -266,7 +275,7 @@ async def handshakes(server: Callgrind, total: int, concurrency: int) -> None:
         while left > 0:
             left -= 1
             _, protocol = await loop.create_connection(
-                lambda: LeanOpener(request, socketio=False), HOST, server.port
+                lambda: LeanOpener(request, socketio=False), HOST, port
             )
             await protocol.ready
             assert protocol.transport is not None
@@ -311,17 +320,17 @@ async def measure_target(
         batch = EchoBatch(plan.size)
         peers = await connect_many(server.url, lambda: EchoPeer(batch), plan.connections)
         await batch.run(peers, plan.cold_messages)
-        await handshakes(server, plan.cold_handshakes, plan.concurrency)
+        await handshakes(server.port, plan.cold_handshakes, plan.concurrency)
         server.instrument()
         await batch.run(peers, plan.warm_messages)
         message = await count_phases(
             server, lambda n: batch.run(peers, n), plan.messages, plan.phases
         )
         await close_all(peers)
-        await handshakes(server, plan.warm_handshakes, plan.concurrency)
+        await handshakes(server.port, plan.warm_handshakes, plan.concurrency)
         handshake = await count_phases(
             server,
-            lambda n: handshakes(server, n, plan.concurrency),
+            lambda n: handshakes(server.port, n, plan.concurrency),
             plan.handshakes,
             plan.phases,
         )
