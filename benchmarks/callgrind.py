@@ -75,6 +75,8 @@ class Target:
     label: str
     module: str
     args: tuple[str, ...] = ()
+    #: Counted only when named with ``--targets``.
+    optional: bool = False
 
 
 #: The servers, raw aiohttp first (the baseline); aiohttp_wsapp with every setting at its
@@ -98,6 +100,13 @@ TARGETS: tuple[Target, ...] = (
         "aiohttp_wsapp, `async def echo(conn, message): await conn.send(message)`",
         "benchmarks.servers.wsapp_defaults",
         ("--handler", "async"),
+    ),
+    Target(
+        "lambda-no-heartbeat",
+        "aiohttp_wsapp, the README's lambda, `heartbeat=None`",
+        "benchmarks.servers.wsapp",
+        ("--handler", "lambda"),
+        optional=True,
     ),
 )
 
@@ -428,7 +437,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     names = [target.name for target in TARGETS]
     parser.add_argument(
-        "--targets", default=",".join(names), help=f"comma-separated subset of {','.join(names)}"
+        "--targets",
+        default=",".join(target.name for target in TARGETS if not target.optional),
+        help=f"comma-separated, of {','.join(names)} (default: all but the last)",
     )
     parser.add_argument("--messages", type=int, default=5000, help="N echoes (default 5,000)")
     parser.add_argument("--handshakes", type=int, default=500, help="N handshakes (default 500)")
