@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Set
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from .broker import Broadcast, Broker
+from .broker import Broker
 from .connection import Connection, new_response
 from .errors import (
     ERROR_KEY,
@@ -22,17 +22,13 @@ from .errors import (
     TOO_MANY_CONNECTIONS,
     default_on_error,
 )
-from .frames import BroadcastFrames, Opcode
-from .groups import Groups
 from .handshake import check_opening_handshake, origin_allowed
-from .server import WebSocketServer
+from .hub import Hub
+from .server import WebSocketServer, run_handshake_callback
 
 __all__ = ["WSAPP_KEY", "ErrorHandler", "EstablishHandler", "WebSocketApp", "create_app"]
 
 logger = logging.getLogger("aiohttp_wsapp")
-
-_HOLD_LIMIT = 0.001
-"""Seconds that awaited broadcasts may hold the event loop before they let other tasks run."""
 
 EstablishHandler = Callable[[Connection, web.Request, tuple[Any, ...]], Any]
 """``on_establish(connection, request, handshake_results)``, sync or async."""
@@ -50,25 +46,7 @@ class _HandshakeFailed(Exception):
         self.cause = cause
 
 
-class _ConnectionsView(Set[Connection]):
-    """A read-only, live view of an endpoint's open connections."""
-
-    __slots__ = ("_connections",)
-
-    def __init__(self, connections: set[Connection]) -> None:
-        self._connections = connections
-
-    def __len__(self) -> int:
-        return len(self._connections)
-
-    def __iter__(self) -> Iterator[Connection]:
-        return iter(tuple(self._connections))
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._connections
-
-
-class WebSocketApp:
+class WebSocketApp(Hub[Connection]):
     """A WebSocket endpoint: the seed's ``Plack::App::WebSocket``.
 
     :param on_establish: ``on_establish(connection, request, handshake_results)``, sync or
@@ -108,49 +86,12 @@ class WebSocketApp:
                 raise ValueError("max_connections must be positive")
         if broker is not None and not isinstance(broker, Broker):
             raise TypeError("broker must be a Broker, such as RedisBroker")
+        super().__init__(websocket_server or WebSocketServer(), broker)
         self._on_establish = on_establish
         self._on_error: ErrorHandler = on_error or default_on_error
-        self._server = websocket_server or WebSocketServer()
         self._max_connections = max_connections
-        self._broker = broker
-        self._connections: set[Connection] = set()
-        self._connections_view = _ConnectionsView(self._connections)
-        self._groups: Groups[Connection] = Groups(
-            self._group_created, self._group_emptied, self._counts_changed
-        )
         self._shutting_down = False
         self._preparing = 0
-        self._last_turn = 0.0
-
-    @property
-    def websocket_server(self) -> WebSocketServer:
-        """The handshake and protocol settings."""
-        return self._server
-
-    @property
-    def connections(self) -> Set[Connection]:
-        """The open connections: a read-only, live set-like view."""
-        return self._connections_view
-
-    @property
-    def groups(self) -> Mapping[str, frozenset[Connection]]:
-        """This process's groups: a read-only, live mapping of name → frozenset of open members.
-
-        A group without members is absent. For counts across processes, see :meth:`count`.
-        """
-        return self._groups.view
-
-    async def count(self, group: str | None = None) -> int:
-        """Return how many connections are open (in ``group``), across every process that
-        shares the broker; without a broker, in this process.
-
-        :raises BrokerError: the broker cannot count them.
-        """
-        if self._broker is not None:
-            return await self._broker.count(group)
-        if group is None:
-            return len(self._connections)
-        return self._groups.sizes.get(group, 0)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -160,7 +101,7 @@ class WebSocketApp:
         An ordinary aiohttp handler: ``router.add_get("/ws", wsapp.call)`` works too; then call
         ``wsapp.setup(app)`` so that shutdown and the broker follow the application.
         """
-        server = self._server
+        server = self.websocket_server
         try:
             self._admit(request)
             protocol = self._check_request(request)
@@ -184,11 +125,10 @@ class WebSocketApp:
             groups=self._groups,
             forget=self._forget,
         )
-        self._connections.add(connection)
-        self._counts_changed()
+        self._add(connection)
         if self._shutting_down:  # shutdown began while the 101 was being sent
             connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
-        await connection._serve(self._on_establish, handshake_results)
+        await connection.serve(self._on_establish, handshake_results)
         return response
 
     def _admit(self, request: web.Request) -> None:
@@ -199,17 +139,17 @@ class WebSocketApp:
         max_connections = self._max_connections
         if (
             max_connections is not None
-            and len(self._connections) + self._preparing >= max_connections
+            and len(self.connections) + self._preparing >= max_connections
         ):
             raise _HandshakeFailed(TOO_MANY_CONNECTIONS)
 
     def _check_request(self, request: web.Request) -> str | None:
         """Check the request as a handshake and its origin; return the chosen subprotocol."""
         try:
-            protocol = check_opening_handshake(request, self._server.protocols)
+            protocol = check_opening_handshake(request, self.websocket_server.protocols)
         except web.HTTPException as exc:
             raise _HandshakeFailed(INVALID_REQUEST, exc) from None
-        if not origin_allowed(self._server.allowed_origins, request):
+        if not origin_allowed(self.websocket_server.allowed_origins, request):
             raise _HandshakeFailed(ORIGIN_NOT_ALLOWED)
         return protocol
 
@@ -217,7 +157,7 @@ class WebSocketApp:
         self, request: web.Request, response: web.WebSocketResponse
     ) -> tuple[Any, ...]:
         try:
-            return await self._server._run_handshake(request, response)
+            return await run_handshake_callback(self.websocket_server, request, response)
         except Exception as exc:
             raise _HandshakeFailed(INVALID_REQUEST, exc) from None
 
@@ -234,88 +174,6 @@ class WebSocketApp:
         if not isinstance(response, web.StreamResponse):
             raise TypeError(f"on_error returned {type(response).__name__}, not a response")
         return response
-
-    # -- broadcast --------------------------------------------------------------------------
-
-    async def broadcast(
-        self,
-        data: str | bytes,
-        *,
-        group: str | None = None,
-        exclude: Connection | Iterable[Connection] | None = None,
-    ) -> None:
-        """Send ``data`` to every open connection, or to the members of ``group``.
-
-        ``str`` goes as a text frame, ``bytes`` as a binary one, to every target but those in
-        ``exclude`` (a connection or an iterable of them). Where no compression was negotiated
-        the frame is built once and the same bytes are handed to every peer. A slow peer delays
-        no other: frames are written without waiting, and a peer whose unsent data passes its
-        ``send_buffer_limit`` is dropped.
-
-        With a broker, the broadcast goes through it to every process that shares it. Either
-        way, awaiting it lets other tasks run: a loop of broadcasts does not hold the event loop.
-
-        :raises TypeError: ``data`` is neither ``str`` nor ``bytes``.
-        :raises BrokerError: the broker cannot deliver it.
-        """
-        if isinstance(data, bytearray | memoryview):
-            data = bytes(data)
-        if not isinstance(data, str | bytes):
-            raise TypeError(f"broadcast() takes str or bytes, not {type(data).__name__}")
-        message = Broadcast(data, group, _connection_ids(exclude))
-        if self._broker is None:
-            self.deliver(message)
-            await self._let_others_run()
-        else:
-            await self._broker.publish(message)
-
-    async def _let_others_run(self) -> None:
-        # A turn of the event loop costs about as much as a small broadcast: take one only
-        # when broadcasts have held the loop for a while.
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._last_turn >= _HOLD_LIMIT:
-            await asyncio.sleep(0)
-            self._last_turn = loop.time()
-
-    def deliver(self, broadcast: Broadcast) -> None:
-        """Send ``broadcast`` to this process's own connections (a broker calls this)."""
-        if broadcast.group is None:
-            targets: Iterable[Connection] = tuple(self._connections)
-        else:
-            targets = self._groups.members(broadcast.group)
-        data = broadcast.data
-        frames = (
-            BroadcastFrames(Opcode.TEXT, data.encode())
-            if isinstance(data, str)
-            else BroadcastFrames(Opcode.BINARY, data)
-        )
-        exclude = broadcast.exclude
-        for connection in targets:
-            if connection._id not in exclude:
-                connection._send_broadcast(frames)
-
-    def _group_created(self, name: str) -> None:
-        if self._broker is not None:
-            self._broker.group_joined(name)
-
-    def _group_emptied(self, name: str) -> None:
-        if self._broker is not None:
-            self._broker.group_left(name)
-
-    # -- counts, for the broker -------------------------------------------------------------
-
-    def _forget(self, connection: Connection) -> None:
-        """``connection`` has finished."""
-        self._connections.discard(connection)
-        self._counts_changed()
-
-    def _counts_changed(self) -> None:
-        if self._broker is not None:
-            self._broker.counts_changed()
-
-    def _counts(self) -> tuple[int, Mapping[str, int]]:
-        """This process's open connections, and group name → its open members here (live)."""
-        return len(self._connections), self._groups.sizes
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -364,27 +222,19 @@ class WebSocketApp:
         Called by the application of :meth:`to_app` when it shuts down.
         """
         self._shutting_down = True
-        connections = tuple(self._connections)
+        connections = tuple(self.connections)
         for connection in connections:
             connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
-        finished = [connection._finished for connection in connections]
+        finished = [connection.finished for connection in connections]
         if not finished:
             return
-        timeout = self._server.close_timeout
+        timeout = self.websocket_server.close_timeout
         _, late = await asyncio.wait(finished, timeout=timeout)
         for connection in connections:
-            if not connection._finished.done():
-                connection._stop()  # its handler may be waiting on something else entirely
+            if not connection.finished.done():
+                connection.stop()  # its handler may be waiting on something else entirely
         if late:
             await asyncio.wait(late, timeout=timeout)
-
-
-def _connection_ids(exclude: Connection | Iterable[Connection] | None) -> frozenset[str]:
-    if exclude is None:
-        return frozenset()
-    if isinstance(exclude, Connection):
-        return frozenset((exclude._id,))
-    return frozenset(connection._id for connection in exclude)
 
 
 WSAPP_KEY = web.AppKey("aiohttp_wsapp", WebSocketApp)

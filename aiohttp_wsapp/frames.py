@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 
 __all__ = [
     "DEDICATED_COMPRESS_THRESHOLD",
@@ -117,6 +117,13 @@ def encode_frame(opcode: int, payload: Payload, *, compressed: bool = False) -> 
     return frame_header(opcode, len(payload), compressed=compressed) + payload
 
 
+class _Compressor(Protocol):
+    """What :func:`zlib.compressobj` returns."""
+
+    def compress(self, data: Payload, /) -> bytes: ...
+    def flush(self, mode: int = ..., /) -> bytes: ...
+
+
 class SharedDeflater:
     """Compresses messages for every connection that negotiated the same window size.
 
@@ -210,7 +217,7 @@ class DedicatedDeflater:
         self._minimum = max(threshold, 1)  # an empty message never shrinks
         self._level = level
         self._mem_level = mem_level
-        self._compressor: zlib._Compress | None = None
+        self._compressor: _Compressor | None = None
 
     def __repr__(self) -> str:
         return f"DedicatedDeflater(window_bits={self.window_bits}, threshold={self.threshold})"

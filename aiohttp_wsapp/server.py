@@ -11,7 +11,7 @@ from aiohttp import web
 from .frames import DEFAULT_COMPRESS_WINDOW_BITS, Compression
 from .handshake import OriginCheck, OriginPolicy, normalise_origin
 
-__all__ = ["HandshakeCallback", "ValidatorCallback", "WebSocketServer"]
+__all__ = ["HandshakeCallback", "ValidatorCallback", "WebSocketServer", "run_handshake_callback"]
 
 HandshakeCallback = Callable[[web.Request, web.WebSocketResponse], Any]
 """``handshake(request, response)``, sync or async: returns the handshake results."""
@@ -149,16 +149,20 @@ class WebSocketServer:
         self.send_buffer_limit = send_buffer_limit
         self.close_timeout = close_timeout
 
-    async def _run_handshake(
-        self, request: web.Request, response: web.WebSocketResponse
-    ) -> tuple[Any, ...]:
-        """Run the ``handshake`` (or ``validator``) callback and return the handshake results."""
-        if self.handshake is not None:
-            result = self.handshake(request, response)
-        elif self.validator is not None:
-            result = self.validator(request)
-        else:
-            return ()
-        if inspect.isawaitable(result):
-            result = await result
-        return _results_tuple(result)
+
+async def run_handshake_callback(
+    settings: WebSocketServer, request: web.Request, response: web.WebSocketResponse
+) -> tuple[Any, ...]:
+    """Run the ``handshake`` (or ``validator``) callback and return the handshake results.
+
+    For the endpoint's handshake, not for applications.
+    """
+    if settings.handshake is not None:
+        result = settings.handshake(request, response)
+    elif settings.validator is not None:
+        result = settings.validator(request)
+    else:
+        return ()
+    if inspect.isawaitable(result):
+        result = await result
+    return _results_tuple(result)

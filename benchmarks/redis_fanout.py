@@ -11,23 +11,20 @@ tables.
 the other, ``--broadcasts`` in all; a broadcast counts when the process has delivered it (with
 Redis: when it came back from Redis). The publishers stand for the handlers of many client
 connections: with one broadcast in flight per publisher, the rate is bounded by their number
-over the round trip to Redis, so ``--publishers 200`` shows more of what the broker can do
-(0.1's pooled ``PUBLISH`` fails past 100, the size of redis-py's pool). The table gives
+over the round trip to Redis, so ``--publishers 200`` shows more of what the broker can do. The
+table gives
 broadcasts per second (first call to last delivery) and the process's CPU time (user + system)
 per broadcast, the median of ``--repeat`` runs, each in a fresh process; runs of the variants
 alternate, so that the drift of a shared machine hits all of them alike. With ``taskset``, the
 process runs on core 0 and Redis on core 1. Rows:
 
 - *local delivery*: no broker, the reference;
-- *RedisBroker as in 0.1*: a pooled ``PUBLISH`` per broadcast, ``get_message`` per message,
-  redis-py's pure-Python parser;
-- one row per lever on top of that, alone: ``+hiredis`` (the ``hiredis`` extra), ``+read``
-  (the subscriber reads straight from its connection, every message already received at each
-  wake-up, with no timer per message), ``+pipeline`` (the broadcasts made while others are on
-  their way go out together on one connection);
-- *RedisBroker*, as it is now, with every lever, and without hiredis;
-- the same with its batches sent through redis-py's ``Pipeline`` (a pooled connection and
-  redis-py's command packing each time) rather than on its own connection: what that saves.
+- *RedisBroker*, with redis-py's pure-Python parser, and with hiredis's (when installed).
+
+(The rows of 0.1's broker and of each lever alone, in ``RESULTS.md``'s issue 15 section, came
+from subclasses that replaced the broker's private methods; the ``aiohttp_wsapp.redis``
+package has no such seams since issue 19, and those rows went with them. The commit that
+measured them has them.)
 
 **Fan-out**, each scenario with the same number of client connections:
 
@@ -117,45 +114,35 @@ def serve(port: int, redis_url: str | None) -> None:
 
 # -- throughput of the broker path ---------------------------------------------------------------
 
-LEVERS = ("hiredis", "read", "pipeline")
-"""What makes ``RedisBroker`` fast, each of which the throughput scenario can leave out."""
-
 
 @dataclass
 class Variant:
-    """One row of the throughput table: local delivery (no ``redis``), or a broker's levers."""
+    """One row of the throughput table: local delivery (no ``broker``), or a broker's."""
 
     name: str
-    redis: bool
-    levers: tuple[str, ...] = ()
+    broker: str | None = None
+    """``"redis"`` (``RedisBroker``), ``"cluster"`` (``RedisClusterBroker``) or ``None``."""
+    hiredis: bool = False
+    """Whether redis-py may use hiredis's parser (when it is installed)."""
 
 
 VARIANTS = (
-    Variant("local delivery (no broker)", redis=False),
-    Variant("RedisBroker as in 0.1", redis=True),
-    Variant("+hiredis", redis=True, levers=("hiredis",)),
-    Variant("+read", redis=True, levers=("read",)),
-    Variant("+pipeline", redis=True, levers=("pipeline",)),
-    Variant("RedisBroker, pure-Python parser", redis=True, levers=("read", "pipeline")),
-    Variant("RedisBroker (with hiredis)", redis=True, levers=LEVERS),
-    Variant(
-        "RedisBroker (with hiredis), batches through redis-py's Pipeline",
-        redis=True,
-        levers=(*LEVERS, "redis-py-pipeline"),
-    ),
+    Variant("local delivery (no broker)"),
+    Variant("RedisBroker, pure-Python parser", broker="redis"),
+    Variant("RedisBroker (with hiredis)", broker="redis", hiredis=True),
 )
 
 
 def throughput_worker(
-    redis_url: str | None, levers: Sequence[str], broadcasts: int, publishers: int
+    broker_kind: str | None, url: str | None, hiredis: bool, broadcasts: int, publishers: int
 ) -> None:
     """Measure one variant in this process; print ``broadcasts/s CPU-µs-per-broadcast``."""
-    if "hiredis" not in levers:
+    if not hiredis:
         sys.modules["hiredis"] = None  # type: ignore[assignment]  # redis-py sees none
     from aiohttp_wsapp import WebSocketApp
     from aiohttp_wsapp.broker import Broadcast
 
-    broker = None if redis_url is None else _broker(redis_url, levers)
+    broker = _broker(broker_kind, url)
     wsapp = WebSocketApp(lambda *args: None, broker=broker)
     send = wsapp.deliver
     payload = "x" * PAYLOAD_SIZE
@@ -203,99 +190,18 @@ def throughput_worker(
     print(f"{done / wall:.1f} {cpu / done * 1e6:.2f}", flush=True)
 
 
-def _broker(redis_url: str, levers: Sequence[str]) -> Any:
-    """A ``RedisBroker`` on ``redis_url`` that does without the levers not in ``levers``."""
-    import asyncio as aio
+def _broker(kind: str | None, url: str | None) -> Any:
+    """The broker of a variant: ``None``, a ``RedisBroker`` or a ``RedisClusterBroker``."""
+    if kind is None:
+        return None
+    assert url is not None
+    if kind == "redis":
+        from aiohttp_wsapp.redis import RedisBroker
 
-    from redis.asyncio.client import PubSub
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+        return RedisBroker(url, prefix="throughput")
+    from aiohttp_wsapp.redis import RedisClusterBroker
 
-    from aiohttp_wsapp import BrokerError
-    from aiohttp_wsapp import redis as module
-    from aiohttp_wsapp.broker import Broadcast
-
-    if sys.version_info >= (3, 11):
-        from asyncio import timeout
-    else:  # pragma: no cover - Python 3.10
-        from async_timeout import timeout
-
-    class PooledPublish(module.RedisBroker):
-        """0.1's publish: one PUBLISH on a connection from the pool, and a timer, each."""
-
-        async def publish(self, broadcast: Broadcast) -> None:
-            client = self._client
-            if client is None or not self._connected:
-                raise BrokerError(f"not connected to Redis at {self._safe_url}")
-            if self._answered < self._requested:
-                await self._subscriptions_settled(self._requested)
-            try:
-                async with timeout(module._ANSWER_TIMEOUT):
-                    channel = self._channels.of(broadcast.group)
-                    await client.publish(channel, module._encode(broadcast))
-            except module._LOST as exc:
-                raise BrokerError(f"cannot publish: {module._reason(exc)}") from exc
-
-    class GetMessage(module.RedisBroker):
-        """0.1's subscriber: ``get_message`` with a timeout, per message."""
-
-        async def _watch(self, pubsub: PubSub) -> None:
-            await aio.Event().wait()  # _receive pings by itself
-
-        async def _receive(self, pubsub: PubSub) -> None:
-            deliver = self._deliver
-            assert deliver is not None
-            interval = self._ping_interval
-            loop = aio.get_running_loop()
-            last_heard = loop.time()
-            pinged = False
-            while True:
-                message = await pubsub.get_message(timeout=interval)
-                if message is None:
-                    if loop.time() - last_heard < interval:
-                        continue
-                    if pinged:
-                        raise RedisTimeoutError("Redis did not answer a PING")
-                    await pubsub.ping()
-                    pinged = True
-                    last_heard = loop.time()
-                    continue
-                last_heard = loop.time()
-                pinged = False
-                kind = message["type"]
-                if kind == "message":
-                    broadcast = self._decode(message["channel"], message["data"])
-                    if broadcast is not None:
-                        deliver(broadcast)
-                elif kind in ("subscribe", "unsubscribe"):
-                    self._answer()
-
-    class RedisPyPipeline(module.RedisBroker):
-        """Batches as now, sent through redis-py's ``Pipeline`` (a pooled connection each)."""
-
-        async def _publish_batch(self, connection: Any, batch: Any) -> None:
-            assert self._client is not None
-            pipeline = self._client.pipeline(transaction=False)
-            for channel, message, _ in batch:
-                pipeline.publish(channel, message)
-            try:
-                async with timeout(module._ANSWER_TIMEOUT):
-                    await pipeline.execute()
-            except module._LOST as exc:
-                module._fail(batch, f"cannot publish: {module._reason(exc)}", exc)
-            else:
-                for _, _, published in batch:
-                    if not published.done():
-                        published.set_result(None)
-
-    bases: list[type[Any]] = []
-    if "redis-py-pipeline" in levers:
-        bases.append(RedisPyPipeline)
-    if "pipeline" not in levers:
-        bases.append(PooledPublish)
-    if "read" not in levers:
-        bases.append(GetMessage)
-    cls = type("Broker", (*bases, module.RedisBroker), {})
-    return cls(redis_url, prefix="throughput")
+    return RedisClusterBroker(url, prefix="throughput")
 
 
 Runs = dict[str, list["tuple[float, float] | str"]]
@@ -305,15 +211,16 @@ Runs = dict[str, list["tuple[float, float] | str"]]
 def run_throughput(redis_url: str, broadcasts: int, publishers: int, repeat: int) -> Runs:
     """Run every variant ``repeat`` times, alternating; return the runs of each."""
     hiredis = importlib.util.find_spec("hiredis") is not None
-    variants = [v for v in VARIANTS if hiredis or "hiredis" not in v.levers]
+    variants = [v for v in VARIANTS if hiredis or not v.hiredis]
     runs: Runs = {v.name: [] for v in variants}
     for _ in range(repeat):
         for variant in variants:
             command = [*_pin(0), sys.executable, __file__, "--throughput-worker"]
             command += ["--broadcasts", str(broadcasts), "--publishers", str(publishers)]
-            command += ["--levers", ",".join(variant.levers)]
-            if variant.redis:
-                command += ["--redis", redis_url]
+            if variant.hiredis:
+                command.append("--hiredis")
+            if variant.broker is not None:
+                command += ["--broker", variant.broker, "--redis", redis_url]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode == 0:
                 rate, cpu = map(float, done.stdout.split())
@@ -607,15 +514,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer connections, rounds, runs")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--throughput-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--levers", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--broker", choices=("redis", "cluster"), help=argparse.SUPPRESS)
+    parser.add_argument("--hiredis", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
         serve(args.serve, args.redis)
         return 0
     if args.throughput_worker:
-        levers = [lever for lever in args.levers.split(",") if lever]
-        throughput_worker(args.redis, levers, args.broadcasts, args.publishers)
+        throughput_worker(args.broker, args.redis, args.hiredis, args.broadcasts, args.publishers)
         return 0
     if args.quick:
         args.connections, args.rounds = 200, 5

@@ -32,6 +32,7 @@ pygments_style = "sphinx"
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
+autodoc_type_aliases = {"Endpoint": "Endpoint"}
 
 html_theme = "alabaster"
 html_title = f"aiohttp-wsapp {release}"
@@ -64,5 +65,18 @@ def _data_docstring(
         lines[:] = _attribute_docstrings().get(name.rpartition(".")[2], ())
 
 
+def _hub_connection(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    # ``WebSocketApp`` inherits its connections, groups and broadcast from ``Hub``, written for
+    # any connection type (the type variable ``aiohttp_wsapp.hub.Connection``): link it to the
+    # endpoint's connections, :class:`aiohttp_wsapp.Connection`.
+    if node.get("reftarget") != "aiohttp_wsapp.hub.Connection":
+        return None
+    domain = env.get_domain("py")
+    return domain.resolve_xref(
+        env, node["refdoc"], app.builder, "class", "aiohttp_wsapp.Connection", node, contnode
+    )
+
+
 def setup(app: Any) -> None:
     app.connect("autodoc-process-docstring", _data_docstring)
+    app.connect("missing-reference", _hub_connection)

@@ -3,8 +3,7 @@
 Run as ``python tests/redis_node.py REDIS_URL PORT PREFIX``. It serves
 ``create_app(on_establish, broker=RedisBroker(REDIS_URL, prefix=PREFIX))`` on
 ``127.0.0.1:PORT``, prints ``ready`` once its broker is connected, and shuts down gracefully on
-SIGTERM. With ``REDIS_NODE_PRESENCE_TTL`` set in its environment, its counts expire that many
-seconds after their last write, instead of the broker's 15.
+SIGTERM.
 
 A client sends commands as JSON text messages, and gets a JSON answer ``{"reply": ...}``:
 
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from typing import Any
@@ -85,9 +83,6 @@ def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...
 async def main(redis_url: str, port: int, prefix: str) -> None:
     """Serve until SIGTERM."""
     broker = RedisBroker(redis_url, prefix=prefix)
-    ttl = os.environ.get("REDIS_NODE_PRESENCE_TTL")
-    if ttl is not None:
-        broker._presence_ttl = float(ttl)
     app = create_app(on_establish, broker=broker)
     runner = web.AppRunner(app)
     await runner.setup()

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from conftest import Endpoint, Serve, echo
 from pytest_aiohttp import AiohttpClient
+from rawws import RawWebSocket, address, until
 from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import ERROR_KEY, ORIGIN_NOT_ALLOWED, Connection, WebSocketApp, WebSocketServer
@@ -273,3 +274,46 @@ async def test_handshakes_still_being_sent_count_against_max_connections(
     release.set()
     ws = await asyncio.wait_for(first, TIMEOUT)
     await ws.close()
+
+
+async def read_bytes(reader: asyncio.StreamReader, count: int) -> None:
+    """Read and drop ``count`` bytes, a chunk at a time."""
+
+    async def read() -> None:
+        left = count
+        while left:
+            chunk = await reader.read(min(left, 256 * 1024))
+            assert chunk, f"the connection ended {left} bytes short"
+            left -= len(chunk)
+
+    await asyncio.wait_for(read(), TIMEOUT)
+
+
+async def test_a_handler_that_returns_send_keeps_backpressure(
+    serve: Serve, recorder: Recorder
+) -> None:
+    """The README's ``lambda c, m: c.send(m)``: what it returns is waited on while the buffer is
+    full, so the next handler (and the next message) waits for the peer to read."""
+    reply = b"\x03" * 12 * 1024 * 1024  # more than the kernel buffers for a peer that does not read
+    seen: list[int] = []  # the connection's buffered bytes when the second handler ran
+
+    def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+        recorder.on_establish(conn, request, results)
+        conn.on("message", lambda c, m: c.send(reply))
+        conn.on("message", lambda c, m: seen.append(c.buffered_amount))
+
+    server = WebSocketServer(send_buffer_limit=64 * 1024 * 1024)
+    endpoint = await serve(on_establish, websocket_server=server)
+    peer = await RawWebSocket.connect(*address(endpoint.server), receive_buffer=16 * 1024)
+    conn = await recorder.connection()
+    peer.send_text("go")
+    await until(lambda: conn.buffered_amount > 1024 * 1024)
+    # Without the wait, the second handler would have run right after the first, in the same
+    # turn of the event loop that filled the buffer.
+    assert seen == []
+    await read_bytes(peer.reader, len(reply) + 10)  # the frame: a 10-byte header and the reply
+    await until(lambda: bool(seen))
+    low_water, _ = conn.request.transport.get_write_buffer_limits()  # type: ignore[union-attr]
+    assert seen[0] <= low_water
+    await peer.close_socket()
+    await recorder.finish()

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from conftest import Serve
@@ -170,6 +171,11 @@ async def test_fragments_adding_up_past_max_payload_size_close_with_1009(
     await assert_closes_with(start, recorder, frames, MESSAGE_TOO_BIG, max_payload_size=SMALL_LIMIT)
 
 
+@pytest.mark.xfail(
+    tuple(map(int, aiohttp.__version__.split(".")[:2])) < (3, 14),
+    reason="aiohttp < 3.14 checks a frame's length only once its whole payload has arrived",
+    strict=True,
+)
 async def test_announced_length_past_max_payload_size_closes_with_1009_before_the_payload(
     start: Start, recorder: Recorder
 ) -> None:

@@ -1,8 +1,12 @@
-"""``RedisBroker``'s channel names and message codec, without Redis or sockets."""
+"""The Redis brokers' channel names and message codec, without Redis or sockets.
+
+``aiohttp_wsapp.redis.names`` and ``.codec`` are package-internal modules; their names are
+public for the package and its tests."""
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 import pytest
@@ -10,7 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiohttp_wsapp.broker import Broadcast
-from aiohttp_wsapp.redis import RedisBroker, _Channels, _decode, _encode, _PresenceKeys
+from aiohttp_wsapp.redis import RedisBroker
+from aiohttp_wsapp.redis.codec import decode, encode, receive
+from aiohttp_wsapp.redis.names import Channels, PresenceKeys
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,40 +29,40 @@ ID = "0123456789abcdef-1"
 
 
 def test_the_default_prefix_channels_read_as_documented() -> None:
-    channels = _Channels("aiohttp_wsapp")
+    channels = Channels("aiohttp_wsapp")
     assert channels.of(None) == b"aiohttp_wsapp:all"
     assert channels.of("room") == b"aiohttp_wsapp:group:room"
 
 
 def test_a_colon_in_the_prefix_is_percent_encoded() -> None:
-    assert _Channels("app:group").of(None) == b"app%3Agroup:all"
+    assert Channels("app:group").of(None) == b"app%3Agroup:all"
 
 
 def test_a_percent_sign_in_the_prefix_is_percent_encoded() -> None:
-    assert _Channels("50%:x").of(None) == b"50%25%3Ax:all"
+    assert Channels("50%:x").of(None) == b"50%25%3Ax:all"
 
 
 def test_a_group_name_is_written_as_it_is() -> None:
-    assert _Channels("p").of("a:b%c") == b"p:group:a:b%c"
+    assert Channels("p").of("a:b%c") == b"p:group:a:b%c"
 
 
 def test_names_are_utf8_with_lone_surrogates_kept() -> None:
-    assert _Channels("ü").of("\udcff") == "ü:group:".encode() + b"\xed\xb3\xbf"
+    assert Channels("ü").of("\udcff") == "ü:group:".encode() + b"\xed\xb3\xbf"
 
 
 def test_the_channel_for_everyone_carries_no_group() -> None:
-    channels = _Channels("p")
+    channels = Channels("p")
     assert channels.group(channels.of(None)) is None
 
 
 def test_a_group_channel_carries_its_group() -> None:
-    channels = _Channels("p:q")
+    channels = Channels("p:q")
     assert channels.group(channels.of("all")) == "all"
 
 
 def test_a_channel_of_another_prefix_is_refused() -> None:
     with pytest.raises(ValueError, match="not a channel of this prefix"):
-        _Channels("app").group(_Channels("app:group").of(None))
+        Channels("app").group(Channels("app:group").of(None))
 
 
 # Text without surrogates, text with them, and the characters the layout gives a meaning to.
@@ -65,7 +71,7 @@ names = st.text(alphabet=st.sampled_from(":%%3Aagl\udcff"), max_size=8) | st.tex
 
 @given(prefix=names, group=st.none() | names)
 def test_a_channel_tells_its_group_back(prefix: str, group: str | None) -> None:
-    channels = _Channels(prefix)
+    channels = Channels(prefix)
     assert channels.group(channels.of(group)) == group
 
 
@@ -74,25 +80,28 @@ def test_different_prefixes_or_groups_never_share_a_channel(
     first: tuple[str, str | None], second: tuple[str, str | None]
 ) -> None:
     if first != second:
-        assert _Channels(first[0]).of(first[1]) != _Channels(second[0]).of(second[1])
+        assert Channels(first[0]).of(first[1]) != Channels(second[0]).of(second[1])
 
 
 # -- presence keys -------------------------------------------------------------------------------
 
 
 def test_the_default_prefix_presence_keys_read_as_documented() -> None:
-    keys = _PresenceKeys("aiohttp_wsapp")
+    keys = PresenceKeys("aiohttp_wsapp")
     assert keys.registry == b"aiohttp_wsapp:presence"
     assert keys.of("0123456789abcdef") == b"aiohttp_wsapp:presence:0123456789abcdef"
 
 
 def test_presence_keys_escape_the_prefix_as_channels_do() -> None:
-    assert _PresenceKeys("50%:x").registry == b"50%25%3Ax:presence"
-    assert _PresenceKeys("app:presence").of("id") == b"app%3Apresence:presence:id"
+    assert PresenceKeys("50%:x").registry == b"50%25%3Ax:presence"
+    assert PresenceKeys("app:presence").of("id") == b"app%3Apresence:presence:id"
 
 
-def test_counts_expire_after_15_seconds_by_default() -> None:
-    assert RedisBroker("redis://localhost")._presence_ttl == 15.0  # SPEC §5
+def test_counts_expire_before_15_seconds_and_are_rewritten_twice_meanwhile() -> None:
+    broker = RedisBroker("redis://localhost")
+    # SPEC §5: a dead process stops counting within 15 s; one late rewrite is no gap.
+    assert broker.presence_ttl < 15.0
+    assert 2 * broker.presence_refresh < broker.presence_ttl
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -100,7 +109,7 @@ def test_counts_expire_after_15_seconds_by_default() -> None:
 
 def roundtrip(broadcast: Broadcast) -> Broadcast:
     """``broadcast`` encoded, then decoded as if received on its group's channel."""
-    return _decode(_encode(broadcast), broadcast.group)
+    return decode(encode(broadcast), broadcast.group)
 
 
 def test_text_crosses_as_text() -> None:
@@ -120,8 +129,8 @@ def test_empty_bytes_stay_bytes() -> None:
 
 
 def test_the_group_comes_from_the_channel_not_the_message() -> None:
-    assert _encode(Broadcast("x", group="room")) == _encode(Broadcast("x"))
-    assert _decode(_encode(Broadcast("x")), "room") == Broadcast("x", group="room")
+    assert encode(Broadcast("x", group="room")) == encode(Broadcast("x"))
+    assert decode(encode(Broadcast("x")), "room") == Broadcast("x", group="room")
 
 
 def test_excluded_ids_cross() -> None:
@@ -135,14 +144,14 @@ def test_a_payload_that_looks_like_an_id_list_is_kept_whole() -> None:
 
 
 def test_the_layout_is_kind_count_ids_payload() -> None:
-    assert _encode(Broadcast("hi", exclude=frozenset({"ab"}))) == (
+    assert encode(Broadcast("hi", exclude=frozenset({"ab"}))) == (
         b"\x01" + b"\x00\x00\x00\x01" + b"\x02ab" + b"hi"
     )
 
 
 def test_an_id_longer_than_255_bytes_cannot_be_encoded() -> None:
     with pytest.raises(ValueError, match="connection id too long"):
-        _encode(Broadcast("x", exclude=frozenset({"i" * 256})))
+        encode(Broadcast("x", exclude=frozenset({"i" * 256})))
 
 
 @given(
@@ -162,38 +171,38 @@ def test_every_broadcast_crosses_unchanged(
 
 def test_a_message_shorter_than_its_header_is_malformed() -> None:
     with pytest.raises(ValueError, match="shorter than its header"):
-        _decode(b"\x01\x00\x00", None)
+        decode(b"\x01\x00\x00", None)
 
 
 def test_an_unknown_kind_is_malformed() -> None:
     with pytest.raises(ValueError, match="unknown message kind 7"):
-        _decode(b"\x07\x00\x00\x00\x00payload", None)
+        decode(b"\x07\x00\x00\x00\x00payload", None)
 
 
 def test_more_ids_announced_than_present_is_malformed() -> None:
     with pytest.raises(ValueError, match="shorter than its list of excluded ids"):
-        _decode(b"\x01\x00\x00\x00\x02\x01a", None)
+        decode(b"\x01\x00\x00\x00\x02\x01a", None)
 
 
 def test_an_id_running_past_the_end_is_malformed() -> None:
     with pytest.raises(ValueError, match="shorter than its list of excluded ids"):
-        _decode(b"\x01\x00\x00\x00\x01\x09abc", None)
+        decode(b"\x01\x00\x00\x00\x01\x09abc", None)
 
 
 def test_text_that_is_not_utf8_is_malformed() -> None:
     with pytest.raises(ValueError, match="utf-8"):
-        _decode(b"\x01\x00\x00\x00\x00\xff", None)
+        decode(b"\x01\x00\x00\x00\x00\xff", None)
 
 
 def test_an_id_that_is_not_utf8_is_malformed() -> None:
     with pytest.raises(ValueError, match="utf-8"):
-        _decode(b"\x01\x00\x00\x00\x01\x01\xffhi", None)
+        decode(b"\x01\x00\x00\x00\x01\x01\xffhi", None)
 
 
 @given(message=st.binary(max_size=40))
 def test_any_bytes_decode_or_raise_value_error(message: bytes) -> None:
     try:
-        broadcast = _decode(message, None)
+        broadcast = decode(message, None)
     except ValueError:
         return
     assert isinstance(broadcast, Broadcast)
@@ -205,13 +214,13 @@ def test_any_bytes_decode_or_raise_value_error(message: bytes) -> None:
 @pytest.fixture
 def received() -> Callable[[bytes, bytes], Broadcast | None]:
     """What a broker with prefix ``p`` makes of a message on a channel (no Redis involved)."""
-    return RedisBroker("redis://localhost", prefix="p")._decode
+    return partial(receive, Channels("p"))
 
 
 def test_a_broadcast_on_a_group_channel_is_for_that_group(
     received: Callable[[bytes, bytes], Broadcast | None],
 ) -> None:
-    assert received(b"p:group:room", _encode(Broadcast("x"))) == Broadcast("x", group="room")
+    assert received(b"p:group:room", encode(Broadcast("x"))) == Broadcast("x", group="room")
 
 
 def test_a_malformed_message_is_ignored_with_a_warning(
@@ -225,4 +234,4 @@ def test_a_malformed_message_is_ignored_with_a_warning(
 def test_a_message_on_a_channel_of_another_prefix_is_ignored(
     received: Callable[[bytes, bytes], Broadcast | None],
 ) -> None:
-    assert received(b"other:all", _encode(Broadcast("x"))) is None
+    assert received(b"other:all", encode(Broadcast("x"))) is None

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp_wsapp.connection import _wants_unregister
+from aiohttp_wsapp.events import wants_unregister
 
 # -- plain functions ----------------------------------------------------------------------------
 
@@ -22,7 +22,7 @@ def test_function_of_conn_and_message_does_not_want_unregister() -> None:
 
     def handler(conn: Any, message: Any) -> None: ...
 
-    assert not _wants_unregister(handler)
+    assert not wants_unregister(handler)
 
 
 def test_function_with_a_third_parameter_wants_unregister() -> None:
@@ -30,7 +30,7 @@ def test_function_with_a_third_parameter_wants_unregister() -> None:
 
     def handler(conn: Any, message: Any, unregister: Any) -> None: ...
 
-    assert _wants_unregister(handler)
+    assert wants_unregister(handler)
 
 
 def test_third_parameter_with_a_default_does_not_want_unregister() -> None:
@@ -38,7 +38,7 @@ def test_third_parameter_with_a_default_does_not_want_unregister() -> None:
 
     def handler(conn: Any, message: Any, unregister: Any = None) -> None: ...
 
-    assert not _wants_unregister(handler)
+    assert not wants_unregister(handler)
 
 
 def test_positional_only_third_parameter_wants_unregister() -> None:
@@ -46,7 +46,7 @@ def test_positional_only_third_parameter_wants_unregister() -> None:
 
     def handler(conn: Any, message: Any, unregister: Any, /) -> None: ...
 
-    assert _wants_unregister(handler)
+    assert wants_unregister(handler)
 
 
 def test_keyword_only_third_parameter_does_not_want_unregister() -> None:
@@ -54,7 +54,7 @@ def test_keyword_only_third_parameter_does_not_want_unregister() -> None:
 
     def handler(conn: Any, message: Any, *, unregister: Any) -> None: ...
 
-    assert not _wants_unregister(handler)
+    assert not wants_unregister(handler)
 
 
 def test_var_positional_wants_unregister() -> None:
@@ -62,7 +62,7 @@ def test_var_positional_wants_unregister() -> None:
 
     def handler(conn: Any, *args: Any) -> None: ...
 
-    assert _wants_unregister(handler)
+    assert wants_unregister(handler)
 
 
 def test_var_keyword_does_not_want_unregister() -> None:
@@ -70,7 +70,7 @@ def test_var_keyword_does_not_want_unregister() -> None:
 
     def handler(conn: Any, message: Any, **kwargs: Any) -> None: ...
 
-    assert not _wants_unregister(handler)
+    assert not wants_unregister(handler)
 
 
 def test_coroutine_function_with_a_third_parameter_wants_unregister() -> None:
@@ -78,7 +78,7 @@ def test_coroutine_function_with_a_third_parameter_wants_unregister() -> None:
 
     async def handler(conn: Any, message: Any, unregister: Any) -> None: ...
 
-    assert _wants_unregister(handler)
+    assert wants_unregister(handler)
 
 
 # -- lambdas ------------------------------------------------------------------------------------
@@ -86,17 +86,17 @@ def test_coroutine_function_with_a_third_parameter_wants_unregister() -> None:
 
 def test_lambda_of_conn_and_message_does_not_want_unregister() -> None:
     """A lambda of two parameters is called with two arguments."""
-    assert not _wants_unregister(lambda conn, message: None)
+    assert not wants_unregister(lambda conn, message: None)
 
 
 def test_lambda_with_a_third_parameter_wants_unregister() -> None:
     """A lambda of three parameters is called with ``unregister`` too."""
-    assert _wants_unregister(lambda conn, message, unregister: None)
+    assert wants_unregister(lambda conn, message, unregister: None)
 
 
 def test_lambda_with_var_positional_wants_unregister() -> None:
     """A lambda of ``*args`` takes ``unregister`` too."""
-    assert _wants_unregister(lambda *args: None)
+    assert wants_unregister(lambda *args: None)
 
 
 # -- methods ------------------------------------------------------------------------------------
@@ -113,17 +113,17 @@ class Handlers:
 
 def test_bound_method_of_conn_and_message_does_not_want_unregister() -> None:
     """``self`` is bound already: it is not the third parameter."""
-    assert not _wants_unregister(Handlers().of_two)
+    assert not wants_unregister(Handlers().of_two)
 
 
 def test_bound_method_with_a_third_parameter_wants_unregister() -> None:
     """A bound method of three parameters besides ``self`` is called with ``unregister``."""
-    assert _wants_unregister(Handlers().of_three)
+    assert wants_unregister(Handlers().of_three)
 
 
 def test_classmethod_with_a_third_parameter_wants_unregister() -> None:
     """``cls`` is bound already, like ``self``."""
-    assert _wants_unregister(Handlers.class_of_three)
+    assert wants_unregister(Handlers.class_of_three)
 
 
 # -- partial objects ----------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_partial_leaving_conn_and_message_does_not_want_unregister() -> None:
 
     def handler(room: str, conn: Any, message: Any) -> None: ...
 
-    assert not _wants_unregister(functools.partial(handler, "lobby"))
+    assert not wants_unregister(functools.partial(handler, "lobby"))
 
 
 def test_partial_leaving_three_parameters_wants_unregister() -> None:
@@ -142,7 +142,7 @@ def test_partial_leaving_three_parameters_wants_unregister() -> None:
 
     def handler(room: str, conn: Any, message: Any, unregister: Any) -> None: ...
 
-    assert _wants_unregister(functools.partial(handler, "lobby"))
+    assert wants_unregister(functools.partial(handler, "lobby"))
 
 
 def test_partial_binding_the_third_parameter_by_keyword_does_not_want_unregister() -> None:
@@ -150,7 +150,7 @@ def test_partial_binding_the_third_parameter_by_keyword_does_not_want_unregister
 
     def handler(conn: Any, message: Any, unregister: Any) -> None: ...
 
-    assert not _wants_unregister(functools.partial(handler, unregister=None))
+    assert not wants_unregister(functools.partial(handler, unregister=None))
 
 
 # -- callable instances -------------------------------------------------------------------------
@@ -166,12 +166,12 @@ class OfThree:
 
 def test_callable_instance_of_conn_and_message_does_not_want_unregister() -> None:
     """An instance is called through its ``__call__``, whose ``self`` is not counted."""
-    assert not _wants_unregister(OfTwo())
+    assert not wants_unregister(OfTwo())
 
 
 def test_callable_instance_with_a_third_parameter_wants_unregister() -> None:
     """An instance whose ``__call__`` takes three parameters gets ``unregister``."""
-    assert _wants_unregister(OfThree())
+    assert wants_unregister(OfThree())
 
 
 # -- decorated functions ------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def test_wrapped_function_of_conn_and_message_does_not_want_unregister() -> None
     @passing_through
     def handler(conn: Any, message: Any) -> None: ...
 
-    assert not _wants_unregister(handler)
+    assert not wants_unregister(handler)
 
 
 def test_wrapped_function_with_a_third_parameter_wants_unregister() -> None:
@@ -202,7 +202,7 @@ def test_wrapped_function_with_a_third_parameter_wants_unregister() -> None:
     @passing_through
     def handler(conn: Any, message: Any, unregister: Any) -> None: ...
 
-    assert _wants_unregister(handler)
+    assert wants_unregister(handler)
 
 
 def test_wrapper_without_functools_wraps_wants_unregister() -> None:
@@ -213,7 +213,7 @@ def test_wrapper_without_functools_wraps_wants_unregister() -> None:
     def wrapper(*args: Any) -> None:
         handler(*args[:2])
 
-    assert _wants_unregister(wrapper)
+    assert wants_unregister(wrapper)
 
 
 # -- builtins -----------------------------------------------------------------------------------
@@ -221,15 +221,15 @@ def test_wrapper_without_functools_wraps_wants_unregister() -> None:
 
 def test_builtin_without_a_signature_does_not_want_unregister() -> None:
     """``max`` has two forms and no signature to read: it is called with two arguments."""
-    assert not _wants_unregister(max)
+    assert not wants_unregister(max)
 
 
 def test_builtin_of_one_parameter_does_not_want_unregister() -> None:
     """``len(obj, /)``: fewer than three positional parameters."""
-    assert not _wants_unregister(len)
+    assert not wants_unregister(len)
 
 
 def test_builtin_with_three_parameters_wants_unregister() -> None:
     """A builtin's signature, when it has one, follows the same rule: ``setattr(obj, name,
     value, /)``."""
-    assert _wants_unregister(setattr)
+    assert wants_unregister(setattr)

@@ -1,0 +1,233 @@
+"""The handlers of a connection's events: their registry, and the calls of ``error`` and ``finish``.
+
+``message`` handlers are called by the connection's receive loop itself, the one hot path; the
+registry keeps them in a tuple it reads once per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import types
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeVar
+
+__all__ = [
+    "EVENTS",
+    "Events",
+    "H",
+    "Handler",
+    "Registration",
+    "call_each",
+    "event_name",
+    "wants_unregister",
+]
+
+logger = logging.getLogger("aiohttp_wsapp")
+
+Handler = Callable[..., Any]
+"""An event handler: a plain function or a coroutine function."""
+
+H = TypeVar("H", bound=Handler)
+
+_EVENT_NAMES: Final = {
+    "message": "message",
+    "finish": "finish",
+    "close": "finish",
+    "error": "error",
+}
+EVENTS: Final = ("message", "finish", "error")
+"""The events, by their own names (``close`` is another name of ``finish``)."""
+
+
+def event_name(event: str) -> str:
+    """Return the name of ``event`` (``close`` is ``finish``).
+
+    :raises ValueError: there is no such event.
+    """
+    try:
+        return _EVENT_NAMES[event]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown event {event!r}: use message, finish, close or error") from None
+
+
+def wants_unregister(handler: Handler) -> bool:
+    """Tell whether a ``message`` handler takes a third positional ``unregister`` argument."""
+    function = getattr(handler, "__func__", handler)
+    if type(function) is not types.FunctionType or hasattr(function, "__wrapped__"):
+        return _signature_wants_unregister(handler)
+    # Registering runs once per connection: reading the code object costs far less than
+    # inspect.signature, and says the same for plain functions and bound methods.
+    code = function.__code__
+    if code.co_flags & inspect.CO_VARARGS:
+        return True
+    bound = function is not handler
+    required = code.co_argcount - len(function.__defaults__ or ()) - bound
+    return required >= 3
+
+
+def _signature_wants_unregister(handler: Handler) -> bool:
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = 0
+    for parameter in parameters:
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD) and (
+            parameter.default is parameter.empty
+        ):
+            required += 1
+    return required >= 3
+
+
+async def call_each(registrations: Iterable[Registration], *args: Any) -> None:
+    """Call the handlers in order, awaiting each coroutine before the next."""
+    for registration in registrations:
+        result = registration.handler(*args)
+        if inspect.isawaitable(result):
+            await result
+
+
+class Registration:
+    """One handler registered for one event; calling it unregisters the handler."""
+
+    __slots__ = ("event", "events", "handler", "wants_unregister")
+
+    def __init__(self, events: Events, event: str, handler: Handler) -> None:
+        self.events = events
+        self.event = event
+        self.handler = handler
+        self.wants_unregister = event == "message" and wants_unregister(handler)
+
+    def __call__(self) -> None:
+        self.events.remove(self)
+
+
+class Events:
+    """The handlers of one connection, event by event, in registration order.
+
+    ``owner`` is the connection: the first argument of every handler. Once :meth:`close` ran, a
+    ``finish`` handler registered runs at once (soon), and others are not kept.
+    """
+
+    __slots__ = ("_closed", "_late_finishers", "error", "finish", "message", "owner")
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner
+        """The connection whose events these are."""
+        self.message: tuple[Registration, ...] = ()
+        """The ``message`` handlers."""
+        self.finish: tuple[Registration, ...] = ()
+        """The ``finish`` handlers."""
+        self.error: tuple[Registration, ...] = ()
+        """The ``error`` handlers."""
+        self._closed = False
+        self._late_finishers: set[asyncio.Task[None]] = set()
+
+    def on(
+        self, event: str | None, handler: Handler | None, /, **handlers: Handler
+    ) -> Callable[[], None] | Callable[[H], H] | list[Callable[[], None]]:
+        """Register handlers as :meth:`Connection.on` does."""
+        if event is None:
+            if handler is not None:
+                raise TypeError("on() takes an event with a handler, or keyword handlers")
+            unregisters: list[Callable[[], None]] = [
+                self.add(name, each) for name, each in handlers.items()
+            ]
+            return unregisters
+        if handlers:
+            raise TypeError("on() takes an event with a handler, or keyword handlers")
+        if handler is None:
+            name = event
+
+            def decorator(function: H) -> H:
+                self.add(name, function)
+                return function
+
+            event_name(event)
+            return decorator
+        return self.add(event, handler)
+
+    def add(self, event: str, handler: Handler) -> Registration:
+        """Register ``handler`` for ``event``; return its registration.
+
+        :raises ValueError: there is no such event.
+        :raises TypeError: ``handler`` is not callable.
+        """
+        name = event_name(event)
+        if not callable(handler):
+            raise TypeError(f"a {event} handler must be callable, not {type(handler).__name__}")
+        registration = Registration(self, name, handler)
+        if not self._closed:
+            setattr(self, name, (*getattr(self, name), registration))
+        elif name == "finish":
+            self._run_late_finish(registration)
+        # else: a finished connection has no more messages or errors to dispatch.
+        return registration
+
+    def off(self, event: str, handler: Handler) -> None:
+        """Remove every registration of ``handler`` for ``event``."""
+        name = event_name(event)
+        setattr(self, name, tuple(r for r in getattr(self, name) if r.handler is not handler))
+
+    def remove(self, registration: Registration) -> None:
+        """Remove ``registration``, if it is still registered."""
+        handlers: tuple[Registration, ...] = getattr(self, registration.event)
+        if registration in handlers:
+            setattr(self, registration.event, tuple(r for r in handlers if r is not registration))
+
+    def close(self) -> tuple[Registration, ...]:
+        """Forget every handler; return the ``finish`` handlers, which are to run now.
+
+        The registrations refer back to this registry: dropping them breaks the cycles, so that
+        a finished connection is freed at once rather than by the garbage collector.
+        """
+        self._closed = True
+        finishers = self.finish
+        self.message = self.finish = self.error = ()
+        return finishers
+
+    async def report(self, handlers: tuple[Registration, ...], exc: BaseException) -> None:
+        """Call the ``error`` handlers with ``exc``; log what they raise."""
+        try:
+            await call_each(handlers, self.owner, exc)
+        except Exception:
+            logger.exception("an error handler raised for %r", self.owner)
+
+    async def run_finish(
+        self, finishers: tuple[Registration, ...], finished: asyncio.Future[None]
+    ) -> None:
+        """Call the ``finish`` handlers one after another, then mark ``finished`` done.
+
+        One that raises is logged. They run in a task of their own, shielded: aiohttp may cancel
+        the request handler when the peer goes away, and finish handlers must still run to
+        completion.
+        """
+        if finishers:
+            task = asyncio.get_running_loop().create_task(self._run_finishers(finishers, finished))
+            await asyncio.shield(task)
+        else:
+            finished.set_result(None)
+
+    async def _run_finishers(
+        self, finishers: tuple[Registration, ...], finished: asyncio.Future[None]
+    ) -> None:
+        try:
+            for registration in finishers:
+                await self._run_finish_handler(registration)
+        finally:
+            finished.set_result(None)
+
+    async def _run_finish_handler(self, registration: Registration) -> None:
+        try:
+            await call_each((registration,), self.owner)
+        except Exception:
+            logger.exception("a finish handler raised for %r", self.owner)
+
+    def _run_late_finish(self, registration: Registration) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_finish_handler(registration))
+        self._late_finishers.add(task)
+        task.add_done_callback(self._late_finishers.discard)

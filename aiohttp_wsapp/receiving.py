@@ -1,0 +1,171 @@
+"""The receive loop of a connection: messages to their handlers, the peer's frames answered.
+
+aiohttp's reader parses the frames; this loop dispatches each message to the ``message``
+handlers in order, answers pings and the peer's close, and reports the peer's protocol errors.
+A ``message`` handler that returns :meth:`Connection.send`'s awaitable (the README's
+``lambda c, m: c.send(m)``) is waited on only while flow control may hold it back.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType
+
+from .closing import NO_STATUS_RECEIVED, OPEN, Closing, sendable
+from .errors import ConnectionClosed
+from .events import Events
+from .frames import Opcode, encode_frame
+from .keepalive import Keepalive
+from .sending import Sender, Sent
+from .upgrade import Response
+
+__all__ = ["Receiver"]
+
+logger = logging.getLogger("aiohttp_wsapp")
+
+
+class Receiver:
+    """Reads one connection's messages and hands them to its handlers.
+
+    ``owner`` is the connection: the first argument of every handler, and what log lines name.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_events",
+        "_keepalive",
+        "_message_limit",
+        "_owner",
+        "_sender",
+        "_ws",
+    )
+
+    def __init__(
+        self,
+        owner: object,
+        ws: Response,
+        closing: Closing,
+        sender: Sender,
+        keepalive: Keepalive,
+        events: Events,
+    ) -> None:
+        self._owner = owner
+        self._ws = ws
+        self._closing = closing
+        self._sender = sender
+        self._keepalive = keepalive
+        self._events = events
+        self._message_limit = ws.message_limit
+
+    async def run(self) -> None:
+        """Receive until the socket ends or the peer's close frame came; answer the close."""
+        ws = self._ws
+        events = self._events
+        keepalive = self._keepalive
+        closing = self._closing
+        owner = self._owner
+        message_limit = self._message_limit
+        while True:
+            message = await ws.receive()
+            kind = message.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                keepalive.heard = True
+                if closing.state is not OPEN:
+                    continue  # we sent a close frame: the peer's late messages are dropped
+                data = message.data
+                if message_limit is not None and _exceeds(data, message_limit):
+                    await self._refuse_oversized()
+                    continue
+                try:
+                    for registration in events.message:
+                        handler = registration.handler
+                        if registration.wants_unregister:
+                            result = handler(owner, data, registration)
+                        else:
+                            result = handler(owner, data)
+                        if result is None:
+                            continue
+                        # A handler that returns send()'s awaitable (``lambda c, m: c.send(m)``)
+                        # is waited on only while flow control may hold it back.
+                        if type(result) is Sent:
+                            if result.would_wait():
+                                await result
+                        elif inspect.isawaitable(result):
+                            await result
+                except Exception as exc:
+                    await self._handler_failed(exc)
+            elif kind is WSMsgType.PING:
+                if not self._sender.cannot_send():
+                    self._sender.write(encode_frame(Opcode.PONG, message.data))
+            elif kind is WSMsgType.PONG:
+                keepalive.pong_received()
+            elif kind is WSMsgType.CLOSE:
+                # aiohttp reports a close frame without a status code as 0.
+                code = message.data or NO_STATUS_RECEIVED
+                await self._answer_close(code, message.extra or "")
+                return
+            elif kind is WSMsgType.ERROR:
+                await self._receive_failed(message.data)
+                return
+            else:  # CLOSED: the socket is gone
+                return
+
+    async def _handler_failed(self, exc: Exception) -> None:
+        if isinstance(exc, ConnectionClosed) and self._closing.state is not OPEN:
+            logger.debug("a message handler of %r stopped: the connection closed", self._owner)
+            return
+        handlers = self._events.error
+        if not handlers:
+            logger.error("a message handler raised for %r", self._owner, exc_info=exc)
+        else:
+            await self._events.report(handlers, exc)
+        self._sender.close(WSCloseCode.INTERNAL_ERROR)
+
+    async def _refuse_oversized(self) -> None:
+        limit = self._message_limit
+        self._sender.close(WSCloseCode.MESSAGE_TOO_BIG)
+        await self._peer_failed(
+            WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"Message size exceeds {limit}")
+        )
+
+    async def _receive_failed(self, exc: BaseException) -> None:
+        code = getattr(exc, "code", None)
+        if isinstance(code, int):  # aiohttp's WebSocketError: the peer broke the protocol
+            await self._peer_failed(exc)
+        else:
+            logger.debug("%r lost: %r", self._owner, exc)
+
+    async def _peer_failed(self, exc: BaseException) -> None:
+        """Report a protocol error of the peer: its ``error`` handlers, or one WARNING line."""
+        handlers = self._events.error
+        if not handlers:
+            logger.warning("%r closed with %s: %s", self._owner, self._closing.code, exc)
+        else:
+            await self._events.report(handlers, exc)
+
+    async def _answer_close(self, code: int, reason: str) -> None:
+        """End the closing handshake on the peer's close frame."""
+        if self._closing.state is not OPEN:  # the peer answered ours: the handshake is complete
+            self._closing.close_transport()
+            return
+        if code == NO_STATUS_RECEIVED or sendable(code):
+            self._closing.start(code, reason)
+            echoed = WSCloseCode.OK if code == NO_STATUS_RECEIVED else code
+            await self._ws.close(code=echoed, drain=False)
+            return
+        # RFC 6455 §7.4: a code that may not be sent is a protocol error, answered with 1002.
+        self._closing.start(WSCloseCode.PROTOCOL_ERROR, "")
+        await self._peer_failed(
+            WebSocketError(WSCloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+        )
+        await self._ws.close(code=WSCloseCode.PROTOCOL_ERROR, drain=False)
+
+
+def _exceeds(data: str | bytes, limit: int) -> bool:
+    """Tell whether a message took more than ``limit`` bytes on the wire (once inflated)."""
+    if isinstance(data, bytes):
+        return len(data) > limit
+    # A character takes one to four bytes of UTF-8: encode only when the count leaves it open.
+    return len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)

@@ -1,0 +1,176 @@
+"""The one writer of a connection: frames to the socket at once, flow control, overflow.
+
+``send`` builds the frame (:mod:`.frames`) and hands it to the transport without a task; what it
+returns is a reusable awaitable, :class:`Sent`, that waits for flow control when awaited. A peer
+whose unsent data passes ``send_buffer_limit`` is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Awaitable, Generator
+from typing import Any, Final
+
+from aiohttp import WSCloseCode
+from aiohttp.abc import AbstractStreamWriter
+
+from .closing import OPEN, Closing, check_close_code
+from .errors import ConnectionClosed
+from .frames import BroadcastFrames, MessageDeflater, Opcode, Payload, encode_frame, frame_header
+
+__all__ = ["DONE", "RaiseClosed", "Sender", "Sent"]
+
+logger = logging.getLogger("aiohttp_wsapp")
+
+_PACK_CLOSE_CODE = struct.Struct("!H").pack
+_SEND_BUFFER_OVERFLOW: Final = "send buffer overflow"
+_JOIN_LIMIT: Final = 16 * 1024
+"""Payloads up to this size go out joined to their header in one write."""
+
+
+class Sent:
+    """What ``send`` returns once the frame is written: awaiting it waits for flow control.
+
+    The receive loop recognises it by its type: when :meth:`would_wait` says no, awaiting it would
+    return at once, and the loop skips the ``await``.
+    """
+
+    __slots__ = ("_closing", "_low_water", "_transport", "_writer")
+
+    def __init__(
+        self, transport: asyncio.Transport, writer: AbstractStreamWriter, closing: Closing
+    ) -> None:
+        self._transport = transport
+        self._writer = writer
+        self._closing = closing
+        self._low_water = transport.get_write_buffer_limits()[0]
+
+    def would_wait(self) -> bool:
+        """Tell whether awaiting may wait: the writer may be paused by a full buffer.
+
+        A paused writer resumes once the buffer is at its low-water mark: at or under it, the
+        writer's drain returns at once.
+        """
+        return self._transport.get_write_buffer_size() > self._low_water
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._drain().__await__()
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except ConnectionError:
+            raise self._closing.error() from None
+
+
+class RaiseClosed:
+    """What an operation on a closed connection returns: awaiting it raises ConnectionClosed."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, error: ConnectionClosed) -> None:
+        self._error = error
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise self._error
+        yield  # pragma: no cover - makes this a generator
+
+
+class _Done:
+    """What a close of a closing or closed connection returns: done at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+DONE: Final = _Done()
+"""An awaitable that is done at once."""
+
+
+class Sender:
+    """Writes the frames of one connection to its socket.
+
+    ``owner`` names the connection in log lines. ``deflater`` compresses its messages, when the
+    peer negotiated permessage-deflate.
+    """
+
+    __slots__ = ("_closing", "_limit", "_transport", "deflater", "owner", "sent")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        writer: AbstractStreamWriter,
+        closing: Closing,
+        *,
+        send_buffer_limit: int,
+        deflater: MessageDeflater | None,
+        owner: object,
+    ) -> None:
+        self._transport = transport
+        self._closing = closing
+        self._limit = send_buffer_limit
+        self.deflater = deflater
+        """What compresses this connection's messages; ``None`` without compression."""
+        self.owner = owner
+        """What log lines name."""
+        self.sent = Sent(transport, writer, closing)
+        """What every write returns."""
+
+    def cannot_send(self) -> bool:
+        """Tell whether nothing can be sent: the closing started, or the socket is going.
+
+        The transport may be gone before the receive loop has seen it.
+        """
+        return self._closing.state is not OPEN or self._transport.is_closing()
+
+    def message(self, opcode: Opcode, payload: Payload) -> Awaitable[None]:
+        """Send one message (compressed where negotiated), or drop it if nothing can be sent."""
+        if self.cannot_send():
+            return self.dropped("send")
+        if self.deflater is not None:
+            return self.write(self.deflater.frame(opcode, payload))
+        header = frame_header(opcode, len(payload))
+        if len(payload) <= _JOIN_LIMIT:
+            return self.write(header + payload)
+        # Joining a large payload to its header would copy it only to save a system call.
+        self._transport.write(header)
+        return self.write(payload if type(payload) is bytes else bytes(payload))
+
+    def write(self, frame: bytes) -> Awaitable[None]:
+        """Write ``frame``; drop the connection if its peer lets the buffer overflow."""
+        self._transport.write(frame)
+        if self._transport.get_write_buffer_size() > self._limit:
+            # A closing handshake could not get through a full buffer: drop the socket at once.
+            logger.warning(
+                "%r dropped: its peer does not read (%s)", self.owner, _SEND_BUFFER_OVERFLOW
+            )
+            self._closing.drop(WSCloseCode.POLICY_VIOLATION, _SEND_BUFFER_OVERFLOW)
+        return self.sent
+
+    def close(self, code: int = WSCloseCode.OK, reason: str = "") -> Awaitable[None]:
+        """Start the closing with ``code`` and ``reason`` and write the close frame: see
+        :meth:`Connection.close`."""
+        check_close_code(code)
+        encoded_reason = reason.encode()
+        if len(encoded_reason) > 123:
+            raise ValueError("a close reason is at most 123 bytes of UTF-8")
+        if not self._closing.start(code, reason):
+            return DONE
+        if self._transport.is_closing():
+            return DONE  # the socket went first; the receive loop will see it
+        return self.write(encode_frame(Opcode.CLOSE, _PACK_CLOSE_CODE(code) + encoded_reason))
+
+    def broadcast(self, frames: BroadcastFrames) -> None:
+        """Send one broadcast message, in the frame its peers of a kind share."""
+        if not self.cannot_send():
+            self.write(frames.frame(self.deflater))
+
+    def dropped(self, operation: str) -> Awaitable[None]:
+        """Log that ``operation`` found the connection closed; return what raises that."""
+        logger.debug("%s on closed %r dropped", operation, self.owner)
+        return RaiseClosed(self._closing.error())
