@@ -152,7 +152,7 @@ class Receiver:
             self._closing.close_transport()
             return
         if code == NO_STATUS_RECEIVED or sendable(code):
-            self._closing.start(code, reason)
+            self._closing.start(code, reason, answering=True)
             echoed = WSCloseCode.OK if code == NO_STATUS_RECEIVED else code
             await self._ws.close(code=echoed, drain=False)
             return

@@ -134,6 +134,18 @@ async def test_our_close_with_data_queued_finishes_and_frees_the_socket(
     assert (conn.close_code, conn.close_reason) == (1001, "bye")
 
 
+async def test_the_peers_close_with_data_queued_finishes_and_frees_the_socket(
+    serve: Serve, recorder: Recorder
+) -> None:
+    # The answer to the peer's close goes into a full buffer: the deadline must bound its flush
+    # (armed when the connection finishes, since answering an empty buffer needs none).
+    endpoint = await serve_stuffing(serve, recorder, heartbeat=None)
+    client, _ = await stuffed_peer(endpoint, recorder)
+    client.send_frame(Opcode.CLOSE, close_payload(1000, "done"))
+    conn = await assert_dropped(endpoint, recorder, client)
+    assert (conn.close_code, conn.close_reason) == (1000, "done")
+
+
 @pytest.mark.parametrize("code", [1006, 1004, 2999, 5000, 65535])
 async def test_a_close_code_the_peer_may_not_send_is_answered_with_1002(
     serve: Serve, recorder: Recorder, code: int
