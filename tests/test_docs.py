@@ -1042,3 +1042,101 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     index = (tmp_path / "html" / "reference.html").read_text()
     for name in public_names():
         assert f'id="aiohttp_wsapp.{name}"' in index, f"{name} is not in the reference"
+
+
+# -- docs/howto/gunicorn.rst: gunicorn's aiohttp workers, and uvloop ----------------------------
+# (Imports are local: this part stays self-contained at the end of a file that many edit.)
+
+
+@check("gunicorn-app")
+async def _gunicorn_app(run: Run) -> None:
+    await _echoes(await run.client(run["app"]), "/ws")
+
+
+@check("gunicorn-uvloop-run-app")
+async def _gunicorn_uvloop_run_app(run: Run) -> None:
+    require_module("uvloop", "pip install uvloop")
+    import uvloop
+
+    (served,) = run.served
+    loop = served.kwargs.pop("loop")
+    loop.close()  # web.run_app would have run the application on it, then closed it
+    assert isinstance(loop, uvloop.Loop)
+    assert served.kwargs == {"port": 8080}
+    await _echoes(await run.client(), "/ws")
+
+
+GUNICORN_STOP_TIMEOUT = 10.0 + 2 * TIMEOUT
+"""How long gunicorn may take to stop after SIGTERM: the page's ``close_timeout`` and margins."""
+
+
+def gunicorn_arguments(block_name: str, port: int) -> list[str]:
+    """The arguments of the ``gunicorn`` line of a shell block of the gunicorn page, binding
+    ``port`` with one worker (the page's four would only share this machine's cores)."""
+    import shlex
+
+    (block,) = (block for block in BLOCKS if block.name == block_name)
+    line = next(line for line in block.code.splitlines() if line.startswith("gunicorn "))
+    arguments = shlex.split(line)[1:]
+    for option, value in (("--bind", f"127.0.0.1:{port}"), ("--workers", "1")):
+        arguments[arguments.index(option) + 1] = value
+    return arguments
+
+
+async def ws_connect_when_up(session: aiohttp.ClientSession, url: str) -> Any:
+    """Open a WebSocket to ``url`` as soon as a server listens there (it may be starting)."""
+    deadline = asyncio.get_running_loop().time() + 3 * TIMEOUT
+    while True:
+        try:
+            return await session.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=TIMEOUT))
+        except aiohttp.ClientConnectorError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)  # polling for the port to open, not waiting for correctness
+
+
+@pytest.mark.parametrize("command", ["gunicorn-command", "gunicorn-uvloop-command"])
+async def test_gunicorn_serves_the_page_app_and_stops_it_with_1001(
+    command: str, tmp_path: Path
+) -> None:
+    """The page's module under the page's gunicorn command: it echoes, and on SIGTERM (a stop)
+    every connection is closed with 1001 and gunicorn exits cleanly within the grace time."""
+    import signal
+
+    from aiohttp.test_utils import unused_port
+
+    require_module("gunicorn", "pip install gunicorn")
+    if "uvloop" in command:
+        require_module("uvloop", "pip install uvloop")
+    (module,) = (block for block in BLOCKS if block.name == "gunicorn-app")
+    assert module.caption is not None
+    (tmp_path / module.caption).write_text(module.code)
+    port = unused_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gunicorn",
+        *gunicorn_arguments(command, port),
+        cwd=tmp_path,
+        # gunicorn 24+ makes its control socket under ~/.gunicorn: one of its own per test.
+        env={**os.environ, "HOME": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await ws_connect_when_up(session, f"http://127.0.0.1:{port}/ws")
+            async with ws:
+                await ws.send_str("hello")
+                assert await ws.receive_str(timeout=TIMEOUT) == "hello"
+                process.send_signal(signal.SIGTERM)
+                assert await receive_close(ws) == WSCloseCode.GOING_AWAY
+        output, _ = await asyncio.wait_for(process.communicate(), GUNICORN_STOP_TIMEOUT)
+        log = output.decode(errors="replace")
+        assert process.returncode == 0, log
+        worker_class = gunicorn_arguments(command, port)[-1]
+        assert f"Using worker: {worker_class}" in log, log
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
