@@ -153,11 +153,12 @@ async def test_the_peers_close_with_data_queued_finishes_and_frees_the_socket(
     serve: Serve, recorder: Recorder
 ) -> None:
     # The answer to the peer's close goes into a full buffer: the deadline must bound its flush
-    # (armed when the connection finishes, since answering an empty buffer needs none).
+    # (answering arms none when nothing is unsent: here something is).
     endpoint = await serve_stuffing(serve, recorder, heartbeat=None)
-    client, _ = await stuffed_peer(endpoint, recorder)
+    client, conn = await stuffed_peer(endpoint, recorder)
+    since = asyncio.get_running_loop().time()
     client.send_frame(Opcode.CLOSE, close_payload(1000, "done"))
-    conn = await assert_dropped(endpoint, recorder, client)
+    await assert_dropped(endpoint, recorder, client, since=since, after=CLOSE_TIMEOUT)
     assert (conn.close_code, conn.close_reason) == (1000, "done")
 
 
