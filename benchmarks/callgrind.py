@@ -350,8 +350,15 @@ async def measure_target(
     return {"message": message, "handshake": handshake}
 
 
-def measure(targets: list[Target], plan: Plan, outdir: Path, dump_instr: bool) -> dict[str, Any]:
-    """Count every target in turn; results by target name."""
+def measure(
+    targets: list[Target],
+    plan: Plan,
+    outdir: Path,
+    dump_instr: bool,
+    json_path: Path | None = None,
+) -> dict[str, Any]:
+    """Count every target in turn; results by target name (also to ``json_path`` as they come,
+    so that an interrupted run keeps what it counted)."""
     results = {}
     for target in targets:
         progress(f"{target.name}: counting under callgrind")
@@ -359,6 +366,8 @@ def measure(targets: list[Target], plan: Plan, outdir: Path, dump_instr: bool) -
         results[target.name] = asyncio.run(measure_target(target, plan, outdir, dump_instr))
         took = time.monotonic() - started
         progress(f"{target.name}: {summary(results[target.name])} ({took:.0f} s)")
+        if json_path is not None:
+            json_path.write_text(json.dumps(results, indent=1))
     return results
 
 
@@ -469,11 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
         outdir = args.keep or Path(scratch)
         outdir.mkdir(parents=True, exist_ok=True)
-        results = measure(targets, plan, outdir, dump_instr=args.keep is not None)
+        results = measure(targets, plan, outdir, args.keep is not None, args.json)
     text = section(results, plan)
     print(text)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     if not args.no_report:
         replace_section(args.output, SECTION, text)
         progress(f"wrote the section to {args.output}")
