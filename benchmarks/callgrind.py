@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -405,25 +406,35 @@ def section(results: dict[str, Any], plan: Plan) -> str:
         rows.append(f"| {' | '.join(cells)} |")
     versions = ", ".join(f"{name} {version}" for name, version in versions_used())
     when = time.strftime("%Y-%m-%d %H:%M")
-    return f"""## Instructions per message and per handshake (callgrind)
-
-Written by `python -m benchmarks.callgrind` on {when} ({versions}). Instructions the server
-process executed, counted by valgrind's callgrind: per echoed {plan.size}-byte text message
-({plan.connections} connections, one message in flight on each, picows client), and per
-handshake ({plan.concurrency} at a time: open, 101, the client's close, the close reply, EOF).
-Every setting at its default: aiohttp_wsapp's heartbeat on, raw aiohttp's
-`WebSocketResponse()`. Each figure is the mean over {plan.phases} phases of {plan.messages:,}
-messages or {plan.handshakes:,} handshakes, each counted apart after a warm-up
-(`callgrind_control --zero`, the work, `--dump`; what an empty phase costs is taken off), so no
-start-up cost is in it; in
-brackets the lowest and highest phase (the garbage collector's full passes fall into some
-phases only). The client runs in another process, not under valgrind. The count does not depend
-on the load of the machine. Ratios are to raw aiohttp (lower is better).
-
-| server | instructions per message | ratio | instructions per handshake | ratio |
-| --- | --- | --- | --- | --- |
-{chr(10).join(rows)}
-"""
+    intro = (
+        f"Written by `python -m benchmarks.callgrind` on {when} ({versions}). Instructions the "
+        f"server process executed, counted by valgrind's callgrind: per echoed {plan.size}-byte "
+        f"text message ({plan.connections} connections, one message in flight on each, picows "
+        f"client), and per handshake ({plan.concurrency} at a time: open, 101, the client's "
+        "close, the close reply, EOF). Every setting at its default: aiohttp_wsapp's heartbeat "
+        "on, raw aiohttp's `WebSocketResponse()`. Each figure is the mean over "
+        f"{plan.phases} phases of {plan.messages:,} messages or {plan.handshakes:,} handshakes, "
+        "each counted apart after a warm-up (`callgrind_control --zero`, the work, `--dump`; "
+        "what an empty phase costs is taken off), so no start-up cost is in it; in brackets the "
+        "lowest and highest phase (the garbage collector's full passes fall into some phases "
+        "only). The client runs in another process, not under valgrind. The count does not "
+        "depend on the load of the machine. Ratios are to raw aiohttp (lower is better)."
+    )
+    header = "| server | instructions per message | ratio | instructions per handshake | ratio |"
+    return (
+        "\n".join(
+            [
+                "## Instructions per message and per handshake (callgrind)",
+                "",
+                textwrap.fill(intro, width=96, break_on_hyphens=False),
+                "",
+                header,
+                "| --- | --- | --- | --- | --- |",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
 
 
 def versions_used() -> list[tuple[str, str]]:
