@@ -1,7 +1,8 @@
 """One endpoint process of the Redis broker tests, driven by its WebSocket clients.
 
-Run as ``python tests/redis_node.py REDIS_URL PORT PREFIX``. It serves
-``create_app(on_establish, broker=RedisBroker(REDIS_URL, prefix=PREFIX))`` on
+Run as ``python tests/redis_node.py REDIS_URL PORT PREFIX [cluster]``. It serves
+``create_app(on_establish, broker=RedisBroker(REDIS_URL, prefix=PREFIX))`` (with ``cluster``:
+``RedisClusterBroker``) on
 ``127.0.0.1:PORT``, prints ``ready`` once its broker is connected, and shuts down gracefully on
 SIGTERM.
 
@@ -30,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from aiohttp_wsapp import BrokerError, Connection, create_app
-from aiohttp_wsapp.redis import RedisBroker
+from aiohttp_wsapp.redis import RedisBroker, RedisClusterBroker
 
 
 async def on_message(conn: Connection, message: str | bytes) -> None:
@@ -80,9 +81,10 @@ def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...
     conn.on("message", on_message)
 
 
-async def main(redis_url: str, port: int, prefix: str) -> None:
+async def main(redis_url: str, port: int, prefix: str, cluster: bool) -> None:
     """Serve until SIGTERM."""
-    broker = RedisBroker(redis_url, prefix=prefix)
+    kind = RedisClusterBroker if cluster else RedisBroker
+    broker = kind(redis_url, prefix=prefix)
     app = create_app(on_establish, broker=broker)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -97,5 +99,5 @@ async def main(redis_url: str, port: int, prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    redis_url, port, prefix = sys.argv[1:]
-    asyncio.run(main(redis_url, int(port), prefix))
+    redis_url, port, prefix, *kind = sys.argv[1:]
+    asyncio.run(main(redis_url, int(port), prefix, kind == ["cluster"]))

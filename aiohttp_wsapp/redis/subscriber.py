@@ -98,6 +98,7 @@ class Subscriber:
         self._heard = False  # set by _receive on every reply, cleared by _watch at every look
         self._connection: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()  # set while connected
 
     # -- what the broker asks for -------------------------------------------------------------
 
@@ -131,6 +132,10 @@ class Subscriber:
         self._waiters.append((self._requested, waiter))
         await waiter
 
+    async def until_connected(self) -> None:
+        """Wait until the connection is up and subscribed."""
+        await self._up.wait()
+
     # -- life -----------------------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -146,7 +151,10 @@ class Subscriber:
         try:
             async with timeout(ANSWER_TIMEOUT):
                 await _connect(connection)
-                if channels:
+                if self._sharded:  # one slot per SSUBSCRIBE
+                    for channel in channels:
+                        await connection.send_command(self._subscribe, channel)
+                elif channels:
                     await connection.send_command(self._subscribe, *channels)
                 unconfirmed = set(channels)
                 while unconfirmed:
@@ -160,10 +168,12 @@ class Subscriber:
         self._answered = requested
         self._backoff.reset()
         self.connected = True
+        self._up.set()
         self._on_connected()
 
     def start(self) -> None:
-        """Listen on the connection :meth:`connect` made, and reconnect when it is lost."""
+        """Listen on the connection :meth:`connect` made (or connect first, trying until it
+        succeeds), and reconnect when it is lost."""
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"Redis subscriber {self.where}"
         )
@@ -182,6 +192,8 @@ class Subscriber:
     async def _run(self) -> None:
         """Listen on the connection; when it is lost, connect again."""
         while True:
+            if self._connection is None:
+                await self._reconnect()
             assert self._connection is not None
             try:
                 await self._serve(self._connection)
@@ -194,7 +206,7 @@ class Subscriber:
             finally:
                 self._disconnected()
                 await self._close()
-            await self._reconnect()
+            await self._backoff.wait()
 
     async def _close(self) -> None:
         connection, self._connection = self._connection, None
@@ -203,9 +215,8 @@ class Subscriber:
                 await connection.disconnect()
 
     async def _reconnect(self) -> None:
-        """Connect anew, waiting longer after each failed attempt."""
+        """Connect, trying again after each failure, waiting longer each time."""
         while True:
-            await self._backoff.wait()
             try:
                 await self.connect()
             except LOST as exc:
@@ -215,8 +226,9 @@ class Subscriber:
                     reason(exc),
                     self._backoff.delay,
                 )
+                await self._backoff.wait()
             else:
-                logger.info("reconnected to Redis at %s", self.where)
+                logger.info("connected to Redis at %s", self.where)
                 return
 
     async def _serve(self, connection: AbstractConnection) -> None:
@@ -306,6 +318,7 @@ class Subscriber:
 
     def _disconnected(self) -> None:
         self.connected = False
+        self._up.clear()
         waiters, self._waiters = self._waiters, deque()
         for _, waiter in waiters:
             if not waiter.done():

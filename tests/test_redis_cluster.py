@@ -1,0 +1,380 @@
+"""``RedisClusterBroker`` against a real local Redis Cluster (SPEC §5), which the tests start.
+
+Six ``redis-server`` in cluster mode (three primaries with a replica each, node timeout 2 s) on
+loopback, made a cluster by ``redis-cli --cluster create``, shared by the module's tests; a test
+that kills nodes restarts them and waits until the cluster is whole again before it ends. The
+endpoint processes are ``tests/redis_node.py``, driven by WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import aiohttp
+import pytest
+from redis_server import (
+    CLUSTER_NODE_TIMEOUT_MS,
+    Node,
+    NodeClient,
+    RedisCluster,
+    free_port,
+    wait_for_count,
+    wait_until,
+)
+from support import TIMEOUT, require_module, require_program
+
+from aiohttp_wsapp import BrokerError, create_app
+
+PREFIX = "aiohttp_wsapp"
+RESUMED_WITHIN = 1.0
+"""SPEC §5: delivery resumes within 1 s of the cluster promoting a replica."""
+
+
+def channel(group: str) -> str:
+    """The channel of ``group`` (the documented layout; the names used here need no escaping)."""
+    return f"{{{PREFIX}:group:{group}}}"
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster of six nodes, for the whole module."""
+    require_module("redis", "pip install 'aiohttp-wsapp[redis]'")
+    server = require_program("redis-server", "apt-get install redis-server")
+    cli = require_program("redis-cli", "apt-get install redis-tools")
+    redis_cluster = RedisCluster(server, cli, tmp_path_factory.mktemp("cluster"))
+    try:
+        redis_cluster.start()
+        yield redis_cluster
+    finally:
+        redis_cluster.stop()
+
+
+@pytest.fixture
+def healthy(cluster: RedisCluster) -> Iterator[RedisCluster]:
+    """The cluster, whole; after the test, every node it killed restarted, the cluster whole."""
+    yield cluster
+    for node in cluster.nodes:
+        if not node.running:
+            node.start()
+    cluster.wait_healthy()
+
+
+StartNode = Callable[[], Awaitable[Node]]
+Connect = Callable[[Node], Awaitable[NodeClient]]
+
+
+@pytest.fixture
+async def start_node(healthy: RedisCluster) -> AsyncIterator[StartNode]:
+    """Start endpoint processes with a ``RedisClusterBroker``; stop them after the test."""
+    started: list[Node] = []
+
+    async def start() -> Node:
+        node = Node(healthy.url, prefix=PREFIX, cluster=True)
+        started.append(node)
+        await node.start()
+        return node
+
+    yield start
+    await asyncio.gather(*(node.stop() for node in started))
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Open client connections to nodes; close them after the test."""
+    clients: list[NodeClient] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def connect(node: Node) -> NodeClient:
+            client = NodeClient(await session.ws_connect(node.url))
+            clients.append(client)
+            return client
+
+        yield connect
+        for client in clients:
+            await client.ws.close()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def slot_of(cluster: RedisCluster, key: str) -> int:
+    return int(cluster.nodes[0].command("CLUSTER", "KEYSLOT", key))
+
+
+def groups_by_primary(cluster: RedisCluster, count: int = 60) -> dict[str, list[str]]:
+    """Group names ``g0``, ``g1``... by the address of the primary that serves their channel."""
+    by_primary: dict[str, list[str]] = {}
+    for n in range(count):
+        group = f"g{n}"
+        by_primary.setdefault(cluster.primary_of(slot_of(cluster, channel(group))), []).append(
+            group
+        )
+    return by_primary
+
+
+async def shard_subscribers(cluster: RedisCluster, group: str) -> int:
+    """How many connections listen to ``group``'s channel on the primary that serves it."""
+    address = cluster.primary_of(slot_of(cluster, channel(group)))
+    reply = await asyncio.to_thread(
+        cluster.node(address).command, "PUBSUB", "SHARDNUMSUB", channel(group)
+    )
+    return int(reply.split()[-1])
+
+
+async def wait_for_shard_subscribers(cluster: RedisCluster, group: str, count: int) -> None:
+    async def subscribed() -> bool:
+        return await shard_subscribers(cluster, group) == count
+
+    await wait_until(subscribed, TIMEOUT)
+
+
+def command_calls(cluster: RedisCluster) -> dict[str, dict[str, int]]:
+    """Each running node's calls of each command, from ``INFO commandstats``."""
+    calls: dict[str, dict[str, int]] = {}
+    for node in cluster.nodes:
+        if node.running:
+            stats = node.command("INFO", "commandstats")
+            calls[node.address] = {
+                name: int(count)
+                for name, count in re.findall(r"cmdstat_([\w|]+):calls=(\d+)", stats)
+            }
+    return calls
+
+
+async def broadcast_result(client: NodeClient, data: str, group: str) -> str:
+    """``"broadcast"``, or the error text when the node's ``broadcast`` raised."""
+    reply = await client.command("broadcast", data=data, group=group)
+    return str(reply.get("error", reply["reply"]))
+
+
+# -- delivery, order, count ----------------------------------------------------------------------
+
+
+async def test_broadcasts_reach_every_process_in_order_per_group_through_every_shard(
+    healthy: RedisCluster, start_node: StartNode, connect: Connect
+) -> None:
+    a, b = await start_node(), await start_node()
+    sender, a_member, b_member = await connect(a), await connect(a), await connect(b)
+    groups = [f"g{n}" for n in range(30)]
+    for group in groups:
+        await a_member.command("join", group=group)
+        await b_member.command("join", group=group)
+    for group in groups:
+        await wait_for_shard_subscribers(healthy, group, 2)
+    before = command_calls(healthy)
+
+    for round_ in range(20):
+        for group in groups:
+            await sender.broadcast(f"{group} {round_}", group=group)
+
+    for member in (a_member, b_member):
+        received = [str(await member.next()) for _ in range(20 * len(groups))]
+        for group in groups:
+            mine = [m for m in received if m.split()[0] == group]
+            assert mine == [f"{group} {round_}" for round_ in range(20)]
+    after = command_calls(healthy)
+    topology = healthy.topology()
+    spread = {
+        primary: after[primary].get("spublish", 0) - before[primary].get("spublish", 0)
+        for primary in topology
+    }
+    assert all(published > 0 for published in spread.values()), spread  # every shard took some
+    assert sum(spread.values()) == 20 * len(groups)  # each broadcast once, on one node
+    for address, calls in after.items():
+        assert "publish" not in calls, address  # never classic PUBLISH, copied to every node
+
+
+async def test_count_adds_up_every_process(start_node: StartNode, connect: Connect) -> None:
+    a, b = await start_node(), await start_node()
+    a_first, a_second, b_first = await connect(a), await connect(a), await connect(b)
+    await wait_for_count(b_first.count, 3)
+    await wait_for_count(a_first.count, 3)
+    await a_first.command("join", group="room")
+    await b_first.command("join", group="room")
+    await wait_for_count(lambda: a_second.count("room"), 2)
+    await wait_for_count(lambda: b_first.count("room"), 2)
+    await a_first.command("leave", group="room")
+    await wait_for_count(lambda: b_first.count("room"), 1)
+    assert await a_first.count("elsewhere") == 0
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+async def test_after_a_failover_delivery_resumes_within_a_second_of_the_promotion(
+    healthy: RedisCluster, start_node: StartNode, connect: Connect
+) -> None:
+    a, b = await start_node(), await start_node()
+    sender, member = await connect(a), await connect(b)
+    presence_primary = healthy.primary_of(slot_of(healthy, f"{{{PREFIX}:presence}}"))
+    by_primary = groups_by_primary(healthy)
+    doomed_primary = next(p for p in by_primary if p != presence_primary)
+    doomed = by_primary[doomed_primary][0]
+    safe = next(groups[0] for p, groups in by_primary.items() if p != doomed_primary)
+    for group in (doomed, safe):
+        await member.command("join", group=group)
+        await wait_for_shard_subscribers(healthy, group, 1)
+    await sender.broadcast("before", group=doomed)
+    assert await member.next() == "before"
+    replica = healthy.node(healthy.topology()[doomed_primary][0])
+    loop = asyncio.get_running_loop()
+    resumed = loop.create_future()
+    safe_received = 0
+
+    async def listen() -> None:
+        nonlocal safe_received
+        while True:
+            message = await member.ws.receive()
+            if str(message.data).startswith("doomed") and not resumed.done():
+                resumed.set_result(loop.time())
+            elif str(message.data).startswith("safe"):
+                safe_received += 1
+
+    listener = loop.create_task(listen())
+    healthy.node(doomed_primary).kill()
+    killed = loop.time()
+    promoted: float | None = None
+    failed = safe_sent = 0
+    try:
+        for number in itertools.count():
+            if resumed.done():
+                break
+            assert loop.time() - killed < 30.0, "delivery never resumed"
+            if promoted is None and "role:master" in await asyncio.to_thread(
+                replica.command, "INFO", "replication"
+            ):
+                promoted = loop.time()
+            result = await broadcast_result(sender, f"doomed {number}", doomed)
+            if result != "broadcast":
+                assert "BrokerError" in result, result
+                failed += 1
+            assert await broadcast_result(sender, f"safe {number}", safe) == "broadcast"
+            safe_sent += 1
+            await asyncio.sleep(0.02)
+
+        async def every_safe_one_received() -> bool:
+            return safe_received == safe_sent
+
+        await wait_until(every_safe_one_received)
+    finally:
+        listener.cancel()
+        await asyncio.wait([listener])
+    assert promoted is not None, "the replica was not seen promoted before delivery resumed"
+    # The cluster took its node timeout (2 s) to fail the primary over; meanwhile the group's
+    # broadcasts raised BrokerError, and the other shard's went through all along.
+    assert promoted - killed >= CLUSTER_NODE_TIMEOUT_MS / 1000
+    assert failed > 0
+    assert 0 <= resumed.result() - promoted <= RESUMED_WITHIN
+    assert a.process is not None
+    assert a.process.returncode is None  # never restarted
+    assert b.process is not None
+    assert b.process.returncode is None
+
+
+async def test_a_primary_without_a_replica_fails_its_groups_and_no_other(
+    healthy: RedisCluster, start_node: StartNode, connect: Connect
+) -> None:
+    a, b = await start_node(), await start_node()
+    sender, member = await connect(a), await connect(b)
+    presence_primary = healthy.primary_of(slot_of(healthy, f"{{{PREFIX}:presence}}"))
+    by_primary = groups_by_primary(healthy)
+    lost_primary = next(p for p in by_primary if p != presence_primary)
+    lost = by_primary[lost_primary][0]
+    safe = next(groups[0] for p, groups in by_primary.items() if p != lost_primary)
+    for group in (lost, safe):
+        await member.command("join", group=group)
+        await wait_for_shard_subscribers(healthy, group, 1)
+    await wait_for_count(lambda: sender.count(lost), 1)
+    await wait_for_count(lambda: sender.count(safe), 1)
+
+    healthy.node(healthy.topology()[lost_primary][0]).kill()  # its replica first: no failover
+    healthy.node(lost_primary).kill()
+    loop = asyncio.get_running_loop()
+    killed = loop.time()
+    # Past the node timeout, when a replica would have taken over: the group stays lost.
+    while loop.time() - killed < 2 * CLUSTER_NODE_TIMEOUT_MS / 1000:
+        result = await broadcast_result(sender, "lost", lost)
+        assert "BrokerError" in result, result
+        await sender.broadcast("safe", group=safe)
+        assert await member.next() == "safe"
+        assert await sender.count(safe) == 1  # the counts are on another shard
+        await asyncio.sleep(0.1)
+    assert a.process is not None
+    assert a.process.returncode is None
+
+    healthy.node(lost_primary).start()  # back with its slots: the group works again
+
+    async def delivered_again() -> bool:
+        return await broadcast_result(sender, "back", lost) == "broadcast"
+
+    await wait_until(delivered_again, 30.0)
+    while (message := await member.next()) != "back":
+        assert message == "safe"
+
+
+async def test_startup_fails_clearly_when_the_cluster_is_unreachable(
+    aiohttp_server: Callable[..., Awaitable[object]],
+) -> None:
+    require_module("redis", "pip install 'aiohttp-wsapp[redis]'")
+    from aiohttp_wsapp.redis import RedisClusterBroker
+
+    url = f"redis://127.0.0.1:{free_port()}"
+    app = create_app(lambda *args: None, broker=RedisClusterBroker(url))
+    with pytest.raises(BrokerError, match=f"cannot read the Redis Cluster at {url}"):
+        await aiohttp_server(app)
+
+
+def test_bad_arguments_are_refused() -> None:
+    require_module("redis", "pip install 'aiohttp-wsapp[redis]'")
+    from aiohttp_wsapp.redis import RedisClusterBroker
+
+    with pytest.raises(ValueError, match="database 0"):
+        RedisClusterBroker("redis://localhost:7000/1")
+    with pytest.raises(ValueError, match="redis:// or rediss://"):
+        RedisClusterBroker("unix:///tmp/redis.sock")
+    with pytest.raises(ValueError, match="prefix"):
+        RedisClusterBroker("redis://localhost:7000", prefix="")
+    with pytest.raises(ValueError, match="RESP2"):
+        RedisClusterBroker("redis://localhost:7000?protocol=3")
+    broker = RedisClusterBroker("redis://user:secret@localhost:7000")
+    assert "secret" not in repr(broker)
+    assert broker.url == "redis://user@localhost:7000"
+
+
+async def test_a_broker_in_this_process_delivers_counts_and_leaves_nothing_behind(
+    healthy: RedisCluster,
+) -> None:
+    from aiohttp_wsapp.broker import Broadcast
+    from aiohttp_wsapp.redis import RedisClusterBroker
+
+    before = asyncio.all_tasks()
+    received: asyncio.Queue[Broadcast] = asyncio.Queue()
+    sizes = {"room": 2}
+    broker, observer = RedisClusterBroker(healthy.url), RedisClusterBroker(healthy.url)
+    await broker.start(received.put_nowait, lambda: (3, sizes))
+    await observer.start(lambda broadcast: None)
+    try:
+        broker.group_joined("room")
+        await observer.publish(Broadcast("to everyone"))
+        assert await asyncio.wait_for(received.get(), TIMEOUT) == Broadcast("to everyone")
+        await wait_for_shard_subscribers(healthy, "room", 1)
+        await observer.publish(Broadcast(b"\x00", group="room", exclude=frozenset({"x"})))
+        assert await asyncio.wait_for(received.get(), TIMEOUT) == Broadcast(
+            b"\x00", group="room", exclude=frozenset({"x"})
+        )
+        await wait_for_count(lambda: observer.count("room"), 2)
+        assert await observer.count() == 3
+        assert await broker.count("room") == 2  # its own, read live
+    finally:
+        await broker.stop()
+    assert await observer.count("room") == 0  # a broker that stops deletes its counts
+    await observer.stop()
+    assert asyncio.all_tasks() == before
+    with pytest.raises(BrokerError, match="not connected"):
+        await broker.publish(Broadcast("after stop"))
