@@ -20,7 +20,9 @@ from redis_server import (
     Node,
     NodeClient,
     RedisCluster,
+    burst_received_by,
     free_port,
+    receive_all,
     wait_for_count,
     wait_until,
 )
@@ -188,6 +190,39 @@ async def test_broadcasts_reach_every_process_in_order_per_group_through_every_s
     assert sum(spread.values()) == 20 * len(groups)  # each broadcast once, on one node
     for address, calls in after.items():
         assert "publish" not in calls, address  # never classic PUBLISH, copied to every node
+
+
+async def test_broadcasts_not_awaited_right_after_a_join_leave_each_shard_in_call_order(
+    healthy: RedisCluster, start_node: StartNode, connect: Connect
+) -> None:
+    """SPEC §5, per shard: a connection joins a group and, in the same plain handler (and on the
+    next turns of the loop), broadcasts are made without await to it and to another group of the
+    same shard; every member in both processes receives them in call order."""
+    rounds, burst, turns = 10, 30, 30
+    one_shard = next(iter(groups_by_primary(healthy).values()))
+    side, fresh = one_shard[0], one_shard[1 : 1 + rounds]
+    a, b = await start_node(), await start_node()
+    joiner, a_side, b_member = await connect(a), await connect(a), await connect(b)
+    for group in (*fresh, side):
+        await b_member.command("join", group=group)
+    await b_member.broadcast("b listens", group=side)  # publish after subscribe, on that shard
+    assert await b_member.next() == "b listens"
+    await a_side.command("join", group=side)
+    await a_side.broadcast("a listens", group=side)
+    for client in (a_side, b_member):
+        assert await client.next() == "a listens"
+
+    for round_, group in enumerate(fresh):
+        tag, targets = f"round {round_}", [group, side, group]
+        reply = await joiner.command(
+            "join_and_burst", group=group, targets=targets, burst=burst, turns=turns, tag=tag
+        )
+        assert reply == {"reply": "join_and_burst"}
+        for client, groups in ((joiner, {group}), (a_side, {side}), (b_member, {group, side})):
+            expected = burst_received_by(tag, targets, burst + turns, groups)
+            assert await receive_all(client, len(expected)) == expected, (round_, groups)
+    for client in (joiner, a_side, b_member):
+        assert not client.received
 
 
 async def test_count_adds_up_every_process(start_node: StartNode, connect: Connect) -> None:

@@ -49,7 +49,12 @@ class Shard:
             backoff=Backoff(longest=CLUSTER_MAX_RETRY_DELAY),
         )
         self.subscriber.ping_interval = ping_interval
-        self.publisher = Publisher(pool.make_connection, command=b"SPUBLISH", where=self.where)
+        self.publisher = Publisher(
+            pool.make_connection,
+            command=b"SPUBLISH",
+            where=self.where,
+            subscriber=self.subscriber,
+        )
         self.client = Redis(connection_pool=pool)
         """For commands whose replies matter (the presence scripts)."""
 
@@ -65,7 +70,8 @@ class Shard:
         await self.client.aclose(close_connection_pool=True)
 
     async def publish(self, channel: bytes, message: bytes) -> None:
-        """``SPUBLISH`` once this shard's subscriptions made so far are settled.
+        """``SPUBLISH`` once this shard's subscriptions made so far are settled; in the order
+        of the calls (it enters the outbox before its first await).
 
         :raises BrokerError: the primary is unreachable, or refused (``MOVED``: the caller reads
             the cluster's map again).
@@ -73,8 +79,6 @@ class Shard:
         subscriber = self.subscriber
         if not subscriber.connected:
             raise BrokerError(f"no connection to the primary at {self.where}")
-        if subscriber.settling:
-            await subscriber.settled()
         await self.publisher.publish(channel, message)
 
 
