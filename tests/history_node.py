@@ -1,9 +1,10 @@
 """One endpoint process with history through Redis, for the history tests, driven by its clients.
 
-Run as ``python tests/history_node.py REDIS_URL PORT PREFIX SIZE TTL``. It serves
+Run as ``python tests/history_node.py REDIS_URL PORT PREFIX SIZE TTL [cluster]``. It serves
 ``create_app(on_establish, broker=RedisBroker(REDIS_URL, prefix=PREFIX),
-history=History(size=SIZE, ttl=TTL))`` on ``127.0.0.1:PORT``, prints ``ready`` once its broker is
-connected, and shuts down gracefully on SIGTERM.
+history=History(size=SIZE, ttl=TTL))`` (with ``cluster``: ``RedisClusterBroker``) on
+``127.0.0.1:PORT``, prints ``ready`` once its broker is connected, and shuts down gracefully on
+SIGTERM.
 
 A client joins groups with its query string: ``?join=g`` (repeated) joins without a position,
 ``since.g=<position>`` joins since that position (as the reference browser client does); for
@@ -32,7 +33,7 @@ from aiohttp import web
 
 from aiohttp_wsapp import BrokerError, Connection, History, Position, create_app
 from aiohttp_wsapp.history import since_positions
-from aiohttp_wsapp.redis import RedisBroker
+from aiohttp_wsapp.redis import RedisBroker, RedisClusterBroker
 
 
 async def join(conn: Connection, group: str, since: Position | None) -> None:
@@ -88,11 +89,14 @@ async def on_establish(conn: Connection, request: web.Request, results: tuple[An
     conn.on("message", on_message)
 
 
-async def main(redis_url: str, port: int, prefix: str, size: int, ttl: float) -> None:
+async def main(
+    redis_url: str, port: int, prefix: str, size: int, ttl: float, cluster: bool
+) -> None:
     """Serve until SIGTERM."""
+    kind = RedisClusterBroker if cluster else RedisBroker
     app = create_app(
         on_establish,
-        broker=RedisBroker(redis_url, prefix=prefix),
+        broker=kind(redis_url, prefix=prefix),
         history=History(size=size, ttl=ttl),
     )
     runner = web.AppRunner(app)
@@ -108,5 +112,5 @@ async def main(redis_url: str, port: int, prefix: str, size: int, ttl: float) ->
 
 
 if __name__ == "__main__":
-    redis_url, port, prefix, size, ttl = sys.argv[1:]
-    asyncio.run(main(redis_url, int(port), prefix, int(size), float(ttl)))
+    redis_url, port, prefix, size, ttl, *kind = sys.argv[1:]
+    asyncio.run(main(redis_url, int(port), prefix, int(size), float(ttl), kind == ["cluster"]))

@@ -33,8 +33,8 @@ PREFIX = "history-test"
 class HistoryNode(Node):
     """An endpoint with history through Redis in its own OS process."""
 
-    def __init__(self, redis_url: str, *, size: int, ttl: float) -> None:
-        super().__init__(redis_url, prefix=PREFIX)
+    def __init__(self, redis_url: str, *, size: int, ttl: float, cluster: bool = False) -> None:
+        super().__init__(redis_url, prefix=PREFIX, cluster=cluster)
         self.size = size
         self.ttl = ttl
 
@@ -48,6 +48,7 @@ class HistoryNode(Node):
             self.prefix,
             str(self.size),
             str(self.ttl),
+            *(["cluster"] if self.cluster else []),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
         )
