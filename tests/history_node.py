@@ -16,7 +16,11 @@ Then it sends commands as JSON text messages, and gets a JSON answer ``{"reply":
 - ``{"do": "broadcast", "group": g, "data": d, "binary": b}``: the reply holds the position;
 - ``{"do": "position", "group": g}``: the reply holds ``await wsapp.position(g)``;
 - ``{"do": "join", "group": g, "since": p}``: as in the query string (``since`` may be null);
-- ``{"do": "groups"}``: the reply holds the connection's groups, sorted.
+- ``{"do": "groups"}``: the reply holds the connection's groups, sorted;
+- ``{"do": "join_and_burst", "group": g, "burst": n, "turns": m, "tag": x}``: in one plain (not
+  async) handler, this connection joins ``g``, then ``n`` broadcasts to ``g`` are made without
+  await, then one more on each of the next ``m`` turns of the event loop; the ``i``-th (from 0,
+  in call order) is ``"x i"``. The reply is ``{"reply": "join_and_burst"}``.
 
 Errors (``BrokerError``) come back as ``{"reply": "error", "error": ...}``.
 """
@@ -76,8 +80,30 @@ async def on_message(conn: Connection, message: str | bytes) -> None:
         elif action == "join":
             since = command.get("since")
             await join(conn, command["group"], None if since is None else Position.parse(since))
+        elif action == "join_and_burst":
+            await conn.send_json({"reply": action})  # done by on_burst
     except BrokerError as exc:
         await conn.send_json({"reply": "error", "error": f"BrokerError: {exc}"})
+
+
+def on_burst(conn: Connection, message: str | bytes) -> None:
+    """Run ``join_and_burst`` (a plain handler: nothing in it is awaited)."""
+    if not isinstance(message, str) or not message.startswith('{"do": "join_and_burst"'):
+        return
+    command = json.loads(message)
+    group, tag = command["group"], command["tag"]
+    conn.join(group)
+    last = command["burst"] + command["turns"]
+
+    def on_next_turn(index: int) -> None:
+        conn.app.broadcast(f"{tag} {index}", group=group)
+        if index + 1 < last:
+            asyncio.get_running_loop().call_soon(on_next_turn, index + 1)
+
+    for index in range(command["burst"]):
+        conn.app.broadcast(f"{tag} {index}", group=group)
+    if command["burst"] < last:
+        asyncio.get_running_loop().call_soon(on_next_turn, command["burst"])
 
 
 async def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
@@ -86,6 +112,7 @@ async def on_establish(conn: Connection, request: web.Request, results: tuple[An
         await join(conn, group, None)
     for group, since in since_positions(request.query).items():
         await join(conn, group, since)
+    conn.on("message", on_burst)
     conn.on("message", on_message)
 
 

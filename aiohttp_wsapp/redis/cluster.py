@@ -65,6 +65,11 @@ class RedisClusterBroker(Broker):
     Order: broadcasts that one process makes to one group reach every member in that order;
     across groups, the cluster keeps no order (the groups may be on different shards).
 
+    History: a group's history keys are in its channel's slot, so its broadcasts are numbered,
+    kept and published by one script on its shard, and read there in one step, as with
+    ``RedisBroker``. After a failover, the group keeps its epoch and offset if the replica had
+    received them (replication is asynchronous).
+
     Failover: when a primary's connection is lost, the broker reads the cluster's map again,
     every 0.1 s, then up to every 0.5 s, until the cluster has promoted a replica; delivery to
     that primary's groups resumes within a second of the promotion, without a restart. Meanwhile,
