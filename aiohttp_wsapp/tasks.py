@@ -27,7 +27,7 @@ class OwnedTasks:
 
     def __init__(self, failed: Failed) -> None:
         self._loop = asyncio.get_running_loop()
-        self._failed = failed
+        self._failed: Failed | None = failed
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reports: set[asyncio.Task[None]] = set()
 
@@ -43,7 +43,7 @@ class OwnedTasks:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is None:
+        if exc is None or self._failed is None:
             return
         report = self._failed(exc)
         if report is not None:
@@ -60,3 +60,4 @@ class OwnedTasks:
             await asyncio.wait(tasks)
         while self._reports:
             await asyncio.wait(tuple(self._reports))
+        self._failed = None  # the connection's method: no cycle through the connection

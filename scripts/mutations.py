@@ -196,8 +196,11 @@ MUTATIONS = (
     Mutation(
         name="sends-not-counted",
         module="sending.py",
-        old="        counters.messages_sent += 1\n",
-        new="",
+        old=(
+            "        counters.messages_sent += 1\n"
+            "        counters.bytes_sent += len(payload)  # before compression\n"
+        ),
+        new="        counters.bytes_sent += len(payload)  # before compression\n",
         tests=("tests/test_stats.py::test_messages_and_payload_bytes_each_way_before_compression",),
         why="stats().messages_sent stays at 0",
     ),

@@ -1,9 +1,10 @@
 """One endpoint process with history through Redis, for the history tests, driven by its clients.
 
-Run as ``python tests/history_node.py REDIS_URL PORT PREFIX SIZE TTL``. It serves
+Run as ``python tests/history_node.py REDIS_URL PORT PREFIX SIZE TTL [cluster]``. It serves
 ``create_app(on_establish, broker=RedisBroker(REDIS_URL, prefix=PREFIX),
-history=History(size=SIZE, ttl=TTL))`` on ``127.0.0.1:PORT``, prints ``ready`` once its broker is
-connected, and shuts down gracefully on SIGTERM.
+history=History(size=SIZE, ttl=TTL))`` (with ``cluster``: ``RedisClusterBroker``) on
+``127.0.0.1:PORT``, prints ``ready`` once its broker is connected, and shuts down gracefully on
+SIGTERM.
 
 A client joins groups with its query string: ``?join=g`` (repeated) joins without a position,
 ``since.g=<position>`` joins since that position (as the reference browser client does); for
@@ -15,7 +16,11 @@ Then it sends commands as JSON text messages, and gets a JSON answer ``{"reply":
 - ``{"do": "broadcast", "group": g, "data": d, "binary": b}``: the reply holds the position;
 - ``{"do": "position", "group": g}``: the reply holds ``await wsapp.position(g)``;
 - ``{"do": "join", "group": g, "since": p}``: as in the query string (``since`` may be null);
-- ``{"do": "groups"}``: the reply holds the connection's groups, sorted.
+- ``{"do": "groups"}``: the reply holds the connection's groups, sorted;
+- ``{"do": "join_and_burst", "group": g, "burst": n, "turns": m, "tag": x}``: in one plain (not
+  async) handler, this connection joins ``g``, then ``n`` broadcasts to ``g`` are made without
+  await, then one more on each of the next ``m`` turns of the event loop; the ``i``-th (from 0,
+  in call order) is ``"x i"``. The reply is ``{"reply": "join_and_burst"}``.
 
 Errors (``BrokerError``) come back as ``{"reply": "error", "error": ...}``.
 """
@@ -32,7 +37,7 @@ from aiohttp import web
 
 from aiohttp_wsapp import BrokerError, Connection, History, Position, create_app
 from aiohttp_wsapp.history import since_positions
-from aiohttp_wsapp.redis import RedisBroker
+from aiohttp_wsapp.redis import RedisBroker, RedisClusterBroker
 
 
 async def join(conn: Connection, group: str, since: Position | None) -> None:
@@ -75,8 +80,30 @@ async def on_message(conn: Connection, message: str | bytes) -> None:
         elif action == "join":
             since = command.get("since")
             await join(conn, command["group"], None if since is None else Position.parse(since))
+        elif action == "join_and_burst":
+            await conn.send_json({"reply": action})  # done by on_burst
     except BrokerError as exc:
         await conn.send_json({"reply": "error", "error": f"BrokerError: {exc}"})
+
+
+def on_burst(conn: Connection, message: str | bytes) -> None:
+    """Run ``join_and_burst`` (a plain handler: nothing in it is awaited)."""
+    if not isinstance(message, str) or not message.startswith('{"do": "join_and_burst"'):
+        return
+    command = json.loads(message)
+    group, tag = command["group"], command["tag"]
+    conn.join(group)
+    last = command["burst"] + command["turns"]
+
+    def on_next_turn(index: int) -> None:
+        conn.app.broadcast(f"{tag} {index}", group=group)
+        if index + 1 < last:
+            asyncio.get_running_loop().call_soon(on_next_turn, index + 1)
+
+    for index in range(command["burst"]):
+        conn.app.broadcast(f"{tag} {index}", group=group)
+    if command["burst"] < last:
+        asyncio.get_running_loop().call_soon(on_next_turn, command["burst"])
 
 
 async def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
@@ -85,14 +112,18 @@ async def on_establish(conn: Connection, request: web.Request, results: tuple[An
         await join(conn, group, None)
     for group, since in since_positions(request.query).items():
         await join(conn, group, since)
+    conn.on("message", on_burst)
     conn.on("message", on_message)
 
 
-async def main(redis_url: str, port: int, prefix: str, size: int, ttl: float) -> None:
+async def main(
+    redis_url: str, port: int, prefix: str, size: int, ttl: float, cluster: bool
+) -> None:
     """Serve until SIGTERM."""
+    kind = RedisClusterBroker if cluster else RedisBroker
     app = create_app(
         on_establish,
-        broker=RedisBroker(redis_url, prefix=prefix),
+        broker=kind(redis_url, prefix=prefix),
         history=History(size=size, ttl=ttl),
     )
     runner = web.AppRunner(app)
@@ -108,5 +139,5 @@ async def main(redis_url: str, port: int, prefix: str, size: int, ttl: float) ->
 
 
 if __name__ == "__main__":
-    redis_url, port, prefix, size, ttl = sys.argv[1:]
-    asyncio.run(main(redis_url, int(port), prefix, int(size), float(ttl)))
+    redis_url, port, prefix, size, ttl, *kind = sys.argv[1:]
+    asyncio.run(main(redis_url, int(port), prefix, int(size), float(ttl), kind == ["cluster"]))

@@ -15,7 +15,13 @@ A client sends commands as JSON text messages, and gets a JSON answer ``{"reply"
   The reply is ``{"reply": "broadcast"}``, or ``{"reply": "error", "error": ...}`` when
   ``broadcast`` raised ``BrokerError``;
 - ``{"do": "count", "group": g}``: the reply is ``{"reply": "count", "count": n}`` with ``n``
-  from ``await wsapp.count(g)`` (``g`` may be null), or the error as for ``broadcast``.
+  from ``await wsapp.count(g)`` (``g`` may be null), or the error as for ``broadcast``;
+- ``{"do": "join_and_burst", "group": g, "targets": [t, ...], "burst": n, "turns": m, "tag": x}``:
+  in one plain (not async) handler, this connection joins ``g``, then ``n`` broadcasts are made
+  without await, then one more on each of the next ``m`` turns of the event loop (from plain
+  callbacks), so that some are made while the join's subscription is answered. The ``i``-th
+  (from 0, in call order) is ``"x i"`` to ``targets[i % len(targets)]`` (a group, or everyone
+  for null). The reply is ``{"reply": "join_and_burst"}``, sent after the first ``n`` calls.
 
 Any other message is echoed.
 """
@@ -76,8 +82,33 @@ def _command(message: str | bytes) -> dict[str, Any] | None:
     return command if isinstance(command, dict) else None
 
 
+def on_burst(conn: Connection, message: str | bytes) -> None:
+    """Run ``join_and_burst`` (a plain handler: nothing in it is awaited)."""
+    command = _command(message)
+    if command is None or command.get("do") != "join_and_burst":
+        return
+    conn.join(command["group"])
+    targets: list[str | None] = command["targets"]
+    burst: int = command["burst"]
+    last = burst + command["turns"]
+
+    def broadcast(index: int) -> None:
+        conn.app.broadcast(f"{command['tag']} {index}", group=targets[index % len(targets)])
+
+    def on_next_turn(index: int) -> None:
+        broadcast(index)
+        if index + 1 < last:
+            asyncio.get_running_loop().call_soon(on_next_turn, index + 1)
+
+    for index in range(burst):
+        broadcast(index)
+    if burst < last:
+        asyncio.get_running_loop().call_soon(on_next_turn, burst)
+
+
 def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
-    """Run every message through :func:`on_message`."""
+    """Run every message through :func:`on_burst` then :func:`on_message`."""
+    conn.on("message", on_burst)
     conn.on("message", on_message)
 
 

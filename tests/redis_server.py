@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -482,3 +482,16 @@ async def wait_for_count(
             raise AssertionError(f"counted {last}, not {expected}, after {timeout} s")
         await asyncio.sleep(0.01)
     return loop.time() - start
+
+
+def burst_received_by(
+    tag: str, targets: Sequence[str | None], total: int, groups: Collection[str | None]
+) -> list[str]:
+    """What a member of ``groups`` (``None``: everyone) receives of a node's ``join_and_burst``
+    (see ``tests/redis_node.py``), in call order."""
+    return [f"{tag} {i}" for i in range(total) if targets[i % len(targets)] in groups]
+
+
+async def receive_all(client: NodeClient, count: int) -> list[str | bytes]:
+    """The next ``count`` messages (not replies) that ``client`` receives."""
+    return [await client.next() for _ in range(count)]

@@ -33,8 +33,8 @@ PREFIX = "history-test"
 class HistoryNode(Node):
     """An endpoint with history through Redis in its own OS process."""
 
-    def __init__(self, redis_url: str, *, size: int, ttl: float) -> None:
-        super().__init__(redis_url, prefix=PREFIX)
+    def __init__(self, redis_url: str, *, size: int, ttl: float, cluster: bool = False) -> None:
+        super().__init__(redis_url, prefix=PREFIX, cluster=cluster)
         self.size = size
         self.ttl = ttl
 
@@ -48,6 +48,7 @@ class HistoryNode(Node):
             self.prefix,
             str(self.size),
             str(self.ttl),
+            *(["cluster"] if self.cluster else []),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -181,6 +182,36 @@ async def test_every_process_delivers_a_groups_broadcasts_in_offset_order(
     assert await received(on_b, 10) == expected
     position = await on_a.command("position", group="g")
     assert Position.parse(position["position"]) == sent[-1]
+
+
+async def test_kept_broadcasts_not_awaited_right_after_a_join_are_numbered_in_call_order(
+    start_node: StartNode, connect: Connect
+) -> None:
+    """SPEC §5 with history: a connection joins a group and, in the same plain handler (and on
+    the next turns of the loop, while the join's subscription is answered), broadcasts to it
+    are made without await. They are numbered in call order, and every member in both processes
+    receives them in that order. Ten rounds, each with a new subscription."""
+    rounds, burst, turns = 10, 20, 20
+    fresh = [f"burst {round_}" for round_ in range(rounds)]
+    a, b = await start_node(), await start_node()
+    joiner = await connect(a)
+    b_member = await connect(b, join=(*fresh, "ready"))
+    ready = await b_member.broadcast("ready", "ready")  # publish after subscribe: all confirmed
+    assert await b_member.envelope() == ("ready", ready, "ready")
+
+    for round_, group in enumerate(fresh):
+        tag = f"round {round_}"
+        assert await joiner.command(
+            "join_and_burst", group=group, burst=burst, turns=turns, tag=tag
+        ) == {"reply": "join_and_burst"}
+        for client in (joiner, b_member):
+            got = await received(client, burst + turns)
+            epoch = got[0][1].epoch
+            assert got == [
+                (group, Position(epoch, n + 1), f"{tag} {n}") for n in range(burst + turns)
+            ], round_
+    assert not joiner.envelopes
+    assert not b_member.envelopes
 
 
 async def test_a_client_of_a_killed_process_recovers_from_another(

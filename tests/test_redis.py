@@ -13,7 +13,16 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
-from redis_server import Node, NodeClient, RedisServer, free_port, wait_for_count, wait_until
+from redis_server import (
+    Node,
+    NodeClient,
+    RedisServer,
+    burst_received_by,
+    free_port,
+    receive_all,
+    wait_for_count,
+    wait_until,
+)
 from support import TIMEOUT, require_module
 
 from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, create_app
@@ -209,6 +218,46 @@ async def test_group_broadcast_reaches_only_its_members_in_every_process(
         assert await member.next() == "to everyone"
     for other in (a_other, b_other):
         assert await other.next() == "to everyone"
+
+
+async def test_broadcasts_not_awaited_right_after_a_join_arrive_in_call_order_everywhere(
+    start_node: StartNode, connect: Connect
+) -> None:
+    """SPEC §5: a connection joins a group and, in the same plain handler, broadcasts are made
+    without await, to that group, to everyone and to another group; more on the next turns of the
+    loop, while the join's subscription is being answered. Every member, in both processes,
+    receives what is meant for it in call order. Twenty rounds, each with a new subscription."""
+    rounds, burst, turns = 20, 40, 40
+    a, b = await start_node(), await start_node()
+    joiner, a_side, b_member, b_other = [await connect(node) for node in (a, a, b, b)]
+    for round_ in range(rounds):
+        await b_member.command("join", group=f"fresh {round_}")
+    await b_member.command("join", group="side")
+    # Publish after subscribe: once these come back, both processes listen to every group.
+    await b_member.broadcast("b listens", group="side")
+    assert await b_member.next() == "b listens"
+    await a_side.command("join", group="side")
+    await a_side.broadcast("a listens", group="side")
+    for client in (a_side, b_member):
+        assert await client.next() == "a listens"
+
+    for round_ in range(rounds):
+        group, tag = f"fresh {round_}", f"round {round_}"
+        targets = [group, None, "side", group, None]
+        reply = await joiner.command(
+            "join_and_burst", group=group, targets=targets, burst=burst, turns=turns, tag=tag
+        )
+        assert reply == {"reply": "join_and_burst"}
+        for client, groups in (
+            (joiner, {None, group}),
+            (a_side, {None, "side"}),
+            (b_member, {None, group, "side"}),
+            (b_other, {None}),
+        ):
+            expected = burst_received_by(tag, targets, burst + turns, groups)
+            assert await receive_all(client, len(expected)) == expected, (round_, groups)
+    for client in (joiner, a_side, b_member, b_other):
+        assert not client.received  # nothing more than expected
 
 
 async def test_exclude_is_respected_in_every_process(

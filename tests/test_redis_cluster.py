@@ -17,16 +17,21 @@ import aiohttp
 import pytest
 from redis_server import (
     CLUSTER_NODE_TIMEOUT_MS,
+    ClusterNode,
     Node,
     NodeClient,
     RedisCluster,
+    burst_received_by,
     free_port,
+    receive_all,
     wait_for_count,
     wait_until,
 )
 from support import TIMEOUT, require_module, require_program
+from test_history_redis import Client as HistoryClient
+from test_history_redis import HistoryNode
 
-from aiohttp_wsapp import BrokerError, create_app
+from aiohttp_wsapp import BrokerError, Position, create_app
 
 PREFIX = "aiohttp_wsapp"
 RESUMED_WITHIN = 1.0
@@ -188,6 +193,39 @@ async def test_broadcasts_reach_every_process_in_order_per_group_through_every_s
     assert sum(spread.values()) == 20 * len(groups)  # each broadcast once, on one node
     for address, calls in after.items():
         assert "publish" not in calls, address  # never classic PUBLISH, copied to every node
+
+
+async def test_broadcasts_not_awaited_right_after_a_join_leave_each_shard_in_call_order(
+    healthy: RedisCluster, start_node: StartNode, connect: Connect
+) -> None:
+    """SPEC §5, per shard: a connection joins a group and, in the same plain handler (and on the
+    next turns of the loop), broadcasts are made without await to it and to another group of the
+    same shard; every member in both processes receives them in call order."""
+    rounds, burst, turns = 10, 30, 30
+    one_shard = next(iter(groups_by_primary(healthy).values()))
+    side, fresh = one_shard[0], one_shard[1 : 1 + rounds]
+    a, b = await start_node(), await start_node()
+    joiner, a_side, b_member = await connect(a), await connect(a), await connect(b)
+    for group in (*fresh, side):
+        await b_member.command("join", group=group)
+    await b_member.broadcast("b listens", group=side)  # publish after subscribe, on that shard
+    assert await b_member.next() == "b listens"
+    await a_side.command("join", group=side)
+    await a_side.broadcast("a listens", group=side)
+    for client in (a_side, b_member):
+        assert await client.next() == "a listens"
+
+    for round_, group in enumerate(fresh):
+        tag, targets = f"round {round_}", [group, side, group]
+        reply = await joiner.command(
+            "join_and_burst", group=group, targets=targets, burst=burst, turns=turns, tag=tag
+        )
+        assert reply == {"reply": "join_and_burst"}
+        for client, groups in ((joiner, {group}), (a_side, {side}), (b_member, {group, side})):
+            expected = burst_received_by(tag, targets, burst + turns, groups)
+            assert await receive_all(client, len(expected)) == expected, (round_, groups)
+    for client in (joiner, a_side, b_member):
+        assert not client.received
 
 
 async def test_count_adds_up_every_process(start_node: StartNode, connect: Connect) -> None:
@@ -378,3 +416,161 @@ async def test_a_broker_in_this_process_delivers_counts_and_leaves_nothing_behin
     assert asyncio.all_tasks() == before
     with pytest.raises(BrokerError, match="not connected"):
         await broker.publish(Broadcast("after stop"))
+
+
+# -- history on the cluster (SPEC §8) ------------------------------------------------------------
+
+HISTORY_PREFIX = "history-test"
+"""The prefix of ``tests/history_node.py``'s endpoints."""
+
+
+def history_groups_by_primary(cluster: RedisCluster, name: str) -> dict[str, list[str]]:
+    """Group names ``{name}0``, ``{name}1``... of the history nodes, by the address of the primary
+    that serves their channel (and so their history's keys)."""
+    by_primary: dict[str, list[str]] = {}
+    for n in range(60):
+        group = f"{name}{n}"
+        slot = slot_of(cluster, f"{{{HISTORY_PREFIX}:group:{group}}}")
+        by_primary.setdefault(cluster.primary_of(slot), []).append(group)
+    return by_primary
+
+
+StartHistoryNode = Callable[..., Awaitable[HistoryNode]]
+ConnectHistory = Callable[..., Awaitable[HistoryClient]]
+
+
+@pytest.fixture
+async def start_history_node(healthy: RedisCluster) -> AsyncIterator[StartHistoryNode]:
+    """Start endpoint processes with history through a ``RedisClusterBroker``."""
+    started: list[HistoryNode] = []
+
+    async def start(size: int = 1000) -> HistoryNode:
+        node = HistoryNode(healthy.url, size=size, ttl=300.0, cluster=True)
+        started.append(node)
+        await node.start()
+        return node
+
+    yield start
+    await asyncio.gather(*(node.stop() for node in started))
+
+
+@pytest.fixture
+async def connect_history() -> AsyncIterator[ConnectHistory]:
+    """Open clients to history nodes, joining with a query string; close them after the test."""
+    clients: list[HistoryClient] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def connect(
+            node: Node, join: tuple[str, ...] = (), since: dict[str, Position] | None = None
+        ) -> HistoryClient:
+            query = [("join", group) for group in join]
+            query += [(f"since.{group}", str(p)) for group, p in (since or {}).items()]
+            client = HistoryClient(await session.ws_connect(node.url, params=query))
+            clients.append(client)
+            for _ in range(len(query)):
+                client.joins.append(await client.joined())
+            return client
+
+        yield connect
+        for client in clients:
+            await client.ws.close()
+
+
+async def test_history_positions_and_replay_across_processes_on_every_shard(
+    start_history_node: StartHistoryNode, connect_history: ConnectHistory, healthy: RedisCluster
+) -> None:
+    groups = tuple(names[0] for names in history_groups_by_primary(healthy, "h").values())
+    assert len(groups) == 3  # one group per primary
+    a, b = await start_history_node(), await start_history_node()
+    on_a, on_b = await connect_history(a, join=groups), await connect_history(b, join=groups)
+    sent: dict[str, list[Position]] = {}
+    for group in groups:
+        sent[group] = [
+            await (on_a if n % 2 else on_b).broadcast(group, f"{group} m{n}") for n in range(4)
+        ]
+        epoch = sent[group][0].epoch
+        assert sent[group] == [Position(epoch, n) for n in range(1, 5)]
+    for client in (on_a, on_b):
+        got = [await client.envelope() for _ in range(4 * len(groups))]
+        for group in groups:
+            mine = [envelope for envelope in got if envelope[0] == group]
+            assert mine == [(group, p, f"{group} m{n}") for n, p in enumerate(sent[group])]
+
+    # A client that saw only the first broadcast of each group comes back to the other process.
+    back = await connect_history(b, since={group: sent[group][0] for group in groups})
+    assert back.joins == [
+        {
+            "reply": "joined",
+            "group": group,
+            "recovered": True,
+            "position": str(sent[group][-1]),
+            "replayed": 3,
+        }
+        for group in groups
+    ]
+    replayed = [await back.envelope() for _ in range(3 * len(groups))]
+    assert replayed == [
+        (group, p, f"{group} m{n}") for group in groups for n, p in enumerate(sent[group]) if n > 0
+    ]
+
+
+async def test_a_trimmed_history_on_the_cluster_is_not_recovered(
+    start_history_node: StartHistoryNode, connect_history: ConnectHistory
+) -> None:
+    a = await start_history_node(size=3)
+    talker = await connect_history(a, join=("trimmed",))
+    sent = [await talker.broadcast("trimmed", f"m{n}") for n in range(5)]
+    back = await connect_history(a)
+    reply = await back.command("join", group="trimmed", since=str(sent[0]))
+    assert (reply["recovered"], reply["replayed"], reply["position"]) == (False, 0, str(sent[-1]))
+    reply = await back.command("join", group="trimmed", since=str(sent[1]))
+    assert (reply["recovered"], reply["replayed"]) == (True, 3)
+    assert [p for _, p, _ in [await back.envelope() for _ in range(3)]] == sent[2:]
+
+
+async def test_history_survives_a_failover_to_a_replica_that_had_it(
+    healthy: RedisCluster, start_history_node: StartHistoryNode, connect_history: ConnectHistory
+) -> None:
+    """The cluster replicates the history's hash and stream to the replica (asynchronously): once
+    the replica has caught up, a failover keeps the epoch and the offset. The member in the
+    other process misses nothing: the broker fills the gap from the history when the group's
+    new primary is subscribed, and a client that comes back since its last position recovers."""
+    presence_slot = slot_of(healthy, f"{{{HISTORY_PREFIX}:presence}}")
+    by_primary = history_groups_by_primary(healthy, "failover")
+    doomed_primary = next(p for p in by_primary if p != healthy.primary_of(presence_slot))
+    group = by_primary[doomed_primary][0]
+    a, b = await start_history_node(), await start_history_node()
+    talker = await connect_history(a, join=(group,))
+    member = await connect_history(b, join=(group,))
+    before = [await talker.broadcast(group, f"before {n}") for n in range(3)]
+    assert [p for _, p, _ in [await member.envelope() for _ in range(3)]] == before
+    primary = healthy.node(doomed_primary)
+    replica = healthy.node(healthy.topology()[doomed_primary][0])
+
+    async def replication_offset(node: ClusterNode, field: str) -> str | None:
+        info = await asyncio.to_thread(node.command, "INFO", "replication")
+        found = re.search(rf"{field}:(\d+)", info)
+        return None if found is None else found.group(1)
+
+    async def replica_caught_up() -> bool:
+        written = await replication_offset(primary, "master_repl_offset")
+        return written is not None and written == await replication_offset(
+            replica, "slave_repl_offset"
+        )
+
+    await wait_until(replica_caught_up)
+    primary.kill()
+
+    async def published_again() -> bool:
+        reply = await talker.command("broadcast", group=group, data="after")
+        assert reply["reply"] in ("broadcast", "error"), reply
+        return bool(reply["reply"] == "broadcast")
+
+    await wait_until(published_again, 30.0)
+    after = Position.parse((await talker.command("position", group=group))["position"])
+    assert after == Position(before[-1].epoch, before[-1].offset + 1)  # same epoch, next offset
+    assert await member.envelope() == (group, after, "after")
+    back = await connect_history(a, since={group: before[0]})
+    assert back.joins[0]["recovered"] is True
+    assert back.joins[0]["replayed"] == 3
+    assert [p for _, p, _ in [await back.envelope() for _ in range(3)]] == [*before[1:], after]

@@ -135,7 +135,11 @@ class RedisBroker(Broker):
         subscriber.start()
         # Outside the pool: the pool's get and release would cost as much as a PUBLISH.
         make_connection: Callable[[], AbstractConnection] = client.connection_pool.make_connection
-        publisher = Publisher(lambda: history.prepare(make_connection()), where=self._safe_url)
+        publisher = Publisher(
+            lambda: history.prepare(make_connection()),
+            where=self._safe_url,
+            subscriber=subscriber,
+        )
         history = RedisHistory(self._channels, client, publisher.submit, where=self._safe_url)
         publisher.start()
         presence.start(counts)
@@ -187,8 +191,7 @@ class RedisBroker(Broker):
         subscriber, publisher = self._subscriber, self._publisher
         if subscriber is None or publisher is None or not subscriber.connected:
             raise BrokerError(f"not connected to Redis at {self._safe_url}")
-        if subscriber.settling:
-            await subscriber.settled()
+        # Into the outbox before the first await: the broadcasts leave in the order of the calls.
         await publisher.publish(self._channels.of(broadcast.group), encode(broadcast))
 
     async def publish_kept(self, broadcast: Broadcast, history: History) -> Position:
@@ -202,8 +205,6 @@ class RedisBroker(Broker):
         subscriber, keeper = self._subscriber, self._history
         if subscriber is None or keeper is None or not subscriber.connected:
             raise BrokerError(f"not connected to Redis at {self._safe_url}")
-        if subscriber.settling:
-            await subscriber.settled()
         assert broadcast.group is not None
         return await keeper.publish(broadcast, self._channels.of(broadcast.group), history)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -19,8 +20,9 @@ from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
-from ..broker import Broadcast, Broker, Counts, Deliver
+from ..broker import Broadcast, Broker, Counts, Deliver, Kept
 from ..errors import BrokerError
+from ..history import History, Position
 from .client import (
     ANSWER_TIMEOUT,
     CLIENT_OPTIONS,
@@ -34,7 +36,7 @@ from .client import (
 from .codec import encode, receive
 from .names import PresenceKeys, TaggedChannels
 from .presence import Presence
-from .shards import CLUSTER_MAX_RETRY_DELAY, Shards
+from .shards import CLUSTER_MAX_RETRY_DELAY, Shard, Shards
 from .topology import Topology, read_topology
 
 __all__ = ["RedisClusterBroker"]
@@ -63,6 +65,11 @@ class RedisClusterBroker(Broker):
     Order: broadcasts that one process makes to one group reach every member in that order;
     across groups, the cluster keeps no order (the groups may be on different shards).
 
+    History: a group's history keys are in its channel's slot, so its broadcasts are numbered,
+    kept and published by one script on its shard, and read there in one step, as with
+    ``RedisBroker``. After a failover, the group keeps its epoch and offset if the replica had
+    received them (replication is asynchronous).
+
     Failover: when a primary's connection is lost, the broker reads the cluster's map again,
     every 0.1 s, then up to every 0.5 s, until the cluster has promoted a replica; delivery to
     that primary's groups resumes within a second of the promotion, without a restart. Meanwhile,
@@ -77,6 +84,7 @@ class RedisClusterBroker(Broker):
     """Package-internal tuning, as ``RedisBroker.presence_ttl``."""
     presence_refresh: float = 5.0
     """Package-internal tuning, as ``RedisBroker.presence_refresh``."""
+    keeps_history = True
 
     def __init__(self, url: str, *, prefix: str = "aiohttp_wsapp") -> None:
         check_arguments("RedisClusterBroker", url, prefix)
@@ -96,6 +104,7 @@ class RedisClusterBroker(Broker):
         self._presence: Presence | None = None
         self._map_stale = asyncio.Event()
         self._map_keeper: asyncio.Task[None] | None = None
+        self._reconnected: list[Callable[[], None]] = []
 
     @property
     def url(self) -> str:
@@ -128,7 +137,9 @@ class RedisClusterBroker(Broker):
         shards = Shards(
             self._make_pool,
             partial(self._receive, deliver),
+            self._channels,
             on_lost=self._lost,
+            on_connected=self._connected_again,
             ping_interval=self.ping_interval,
         )
         shards.subscribe(self._channels.all)
@@ -183,21 +194,63 @@ class RedisClusterBroker(Broker):
         :raises BrokerError: the group's shard has no reachable primary, or the publication
             failed.
         """
-        shards = self._shards
-        if shards is None:
-            raise BrokerError(f"not connected to the Redis Cluster at {self._safe_url}")
         channel = self._channels.of(broadcast.group)
-        try:
-            shard = shards.shard_of(channel)
-        except BrokerError:
-            self._map_stale.set()  # a slot without a primary: look again
-            raise
+        shard = self._shard_of(channel)
         try:
             await shard.publish(channel, encode(broadcast))
         except BrokerError as exc:
             if isinstance(exc.__cause__, ResponseError):
                 self._map_stale.set()  # MOVED, CLUSTERDOWN: the map is out of date
             raise
+
+    async def publish_kept(self, broadcast: Broadcast, history: History) -> Position:
+        """Number ``broadcast`` (to a group), keep it in the group's stream and ``SPUBLISH`` it
+        with its position, in one script on the group's shard (the group's keys are in its
+        channel's slot), in order with that shard's plain broadcasts; return its position.
+
+        :raises BrokerError: the group's shard has no reachable primary, or the script failed.
+        """
+        assert broadcast.group is not None
+        channel = self._channels.of(broadcast.group)
+        shard = self._shard_of(channel)
+        if not shard.subscriber.connected:
+            raise BrokerError(f"no connection to the primary at {shard.where}")
+        try:
+            return await shard.history.publish(broadcast, channel, history)
+        except BrokerError as exc:
+            if isinstance(exc.__cause__, ResponseError):
+                self._map_stale.set()
+            raise
+
+    async def read_kept(self, group: str, since: Position | None, history: History) -> Kept:
+        """Read ``group``'s epoch, offset and, after ``since``, its kept broadcasts, at once, on
+        the group's shard.
+
+        :raises BrokerError: the group's shard has no reachable primary, or the read failed.
+        """
+        shard = self._shard_of(self._channels.of(group))
+        try:
+            return await shard.history.read(group, since, history)
+        except BrokerError:
+            self._map_stale.set()  # lost, MOVED or CLUSTERDOWN: the map may be out of date
+            raise
+
+    def on_reconnected(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a shard's subscription connected again after a loss, or
+        to a new primary after a failover (the broadcasts meanwhile were missed). It may also
+        be called once for a shard that connects for the first time after ``start``: the
+        endpoint then checks its groups for a gap, and finds none."""
+        self._reconnected.append(callback)
+
+    async def subscribed(self, group: str) -> None:
+        """Wait until the shard of ``group`` confirmed this process's subscriptions so far.
+
+        :raises BrokerError: the group's shard has no reachable primary.
+        """
+        shard = self._shard_of(self._channels.of(group))
+        if not shard.subscriber.connected:
+            raise BrokerError(f"no connection to the primary at {shard.where}")
+        await shard.subscriber.settled()
 
     async def count(self, group: str | None = None) -> int:
         """Return how many connections are open (in ``group``) in every process of this prefix,
@@ -255,6 +308,29 @@ class RedisClusterBroker(Broker):
                 self._map_stale.set()  # a primary is still unreachable: look again soon
             else:
                 backoff.reset()
+
+    def _shard_of(self, channel: bytes) -> Shard:
+        """The shard that serves ``channel``'s slot.
+
+        :raises BrokerError: the broker is stopped, or no primary serves that slot.
+        """
+        shards = self._shards
+        if shards is None:
+            raise BrokerError(f"not connected to the Redis Cluster at {self._safe_url}")
+        try:
+            return shards.shard_of(channel)
+        except BrokerError:
+            self._map_stale.set()  # a slot without a primary: look again
+            raise
+
+    def _connected_again(self) -> None:
+        """A shard's subscriber connected: the counts may be lost (after a failover), and the
+        broadcasts of its groups meanwhile were missed."""
+        if self._presence is not None:
+            self._presence.changed()
+        if self._map_keeper is not None:  # not during start()
+            for callback in self._reconnected:
+                callback()
 
     def _lost(self, exc: BaseException) -> None:
         """A primary's subscription was lost: the cluster may be failing it over."""

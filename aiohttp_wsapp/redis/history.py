@@ -42,7 +42,7 @@ from ..errors import BrokerError
 from ..history import History, Position, new_epoch
 from .client import ANSWER_TIMEOUT, LOST, reason, timeout
 from .codec import encode_head, entry_data
-from .names import Channels, HistoryKeys
+from .names import Channels, HistoryKeys, TaggedChannels
 
 __all__ = [
     "PUBLISH",
@@ -194,7 +194,7 @@ def _text(value: Any) -> str:
 
 class RedisHistory:
     """Numbers, keeps and publishes group broadcasts, and reads the groups' histories, on one
-    Redis server.
+    Redis server (or one primary of a cluster, for the groups of its slots).
 
     :param channels: the channel names of the broker's prefix; the keys of a group's history
         are named after its channel (see :mod:`.names`).
@@ -208,7 +208,7 @@ class RedisHistory:
 
     def __init__(
         self,
-        channels: Channels,
+        channels: Channels | TaggedChannels,
         client: Redis,
         submit: Callable[[Sequence[bytes]], asyncio.Future[Any]],
         *,

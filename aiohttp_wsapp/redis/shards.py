@@ -1,5 +1,5 @@
-"""The shards of a Redis Cluster as one process sees them: a subscriber, a publisher and a
-client per primary, and which shard each channel is on.
+"""The shards of a Redis Cluster as one process sees them: a subscriber, a publisher, a client and
+the histories per primary, and which shard each channel is on.
 
 This module is package-internal: its names are public for the other modules of
 ``aiohttp_wsapp.redis``, not for users.
@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 
 from ..errors import BrokerError
 from .client import Backoff
+from .history import RedisHistory
+from .names import TaggedChannels
 from .publisher import Publisher
 from .subscriber import Receive, Subscriber
 from .topology import Topology
@@ -26,15 +29,18 @@ map): short, so that delivery resumes within a second of a failover."""
 
 
 class Shard:
-    """One primary: a subscriber to the channels of its slots, a publisher, and a client for
-    scripts (presence), each on connections of their own to that primary."""
+    """One primary: a subscriber to the channels of its slots, a publisher, a client for scripts
+    (presence, history reads), each on connections of their own to that primary, and the history
+    of the groups of its slots (their keys are in their channel's slot)."""
 
     def __init__(
         self,
         pool: ConnectionPool,
         receive: Receive,
+        channels: TaggedChannels,
         *,
         on_lost: Callable[[BaseException], None],
+        on_connected: Callable[[], None],
         ping_interval: float,
     ) -> None:
         kwargs = pool.connection_kwargs
@@ -46,12 +52,28 @@ class Shard:
             where=self.where,
             sharded=True,
             on_lost=on_lost,
+            on_connected=on_connected,
             backoff=Backoff(longest=CLUSTER_MAX_RETRY_DELAY),
         )
         self.subscriber.ping_interval = ping_interval
-        self.publisher = Publisher(pool.make_connection, command=b"SPUBLISH", where=self.where)
+        make_connection: Callable[[], AbstractConnection] = pool.make_connection
+        self.publisher = Publisher(
+            lambda: self.history.prepare(make_connection()),
+            command=b"SPUBLISH",
+            where=self.where,
+            subscriber=self.subscriber,
+        )
         self.client = Redis(connection_pool=pool)
-        """For commands whose replies matter (the presence scripts)."""
+        """For commands whose replies matter (the presence scripts, the history reads)."""
+        self.history = RedisHistory(
+            channels,
+            self.client,
+            self.publisher.submit,
+            where=self.where,
+            publish_command=b"SPUBLISH",
+        )
+        """Numbers, keeps and publishes (through the publisher's outbox) and reads the histories
+        of the groups of this primary's slots."""
 
     def start(self) -> None:
         """Connect (in the background) and serve."""
@@ -65,7 +87,8 @@ class Shard:
         await self.client.aclose(close_connection_pool=True)
 
     async def publish(self, channel: bytes, message: bytes) -> None:
-        """``SPUBLISH`` once this shard's subscriptions made so far are settled.
+        """``SPUBLISH`` once this shard's subscriptions made so far are settled; in the order
+        of the calls (it enters the outbox before its first await).
 
         :raises BrokerError: the primary is unreachable, or refused (``MOVED``: the caller reads
             the cluster's map again).
@@ -73,8 +96,6 @@ class Shard:
         subscriber = self.subscriber
         if not subscriber.connected:
             raise BrokerError(f"no connection to the primary at {self.where}")
-        if subscriber.settling:
-            await subscriber.settled()
         await self.publisher.publish(channel, message)
 
 
@@ -82,19 +103,24 @@ class Shards:
     """The shard of every primary, and the shard that listens to each channel wanted here.
 
     :param make_pool: the connection pool for a node's address (``host:port``).
+    :param on_connected: called whenever a shard's subscriber is (re)connected and subscribed.
     """
 
     def __init__(
         self,
         make_pool: Callable[[str], ConnectionPool],
         receive: Receive,
+        channels: TaggedChannels,
         *,
         on_lost: Callable[[BaseException], None],
+        on_connected: Callable[[], None],
         ping_interval: float,
     ) -> None:
         self._make_pool = make_pool
         self._receive = receive
+        self._channels = channels
         self._on_lost = on_lost
+        self._on_connected = on_connected
         self._ping_interval = ping_interval
         self.topology = Topology([None], ())
         """The cluster's map as last read."""
@@ -111,7 +137,9 @@ class Shards:
             shard = Shard(
                 self._make_pool(address),
                 self._receive,
+                self._channels,
                 on_lost=self._on_lost,
+                on_connected=self._on_connected,
                 ping_interval=self._ping_interval,
             )
             self._shards[address] = shard
