@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
 from .broker import Broker
 from .connection import Connection, new_response
@@ -25,6 +25,7 @@ from .errors import (
 from .handshake import check_opening_handshake, origin_allowed
 from .hub import Hub
 from .server import WebSocketServer, run_handshake_callback
+from .signatures import check_callback
 
 __all__ = ["WSAPP_KEY", "ErrorHandler", "EstablishHandler", "WebSocketApp", "create_app"]
 
@@ -60,7 +61,9 @@ class WebSocketApp(Hub[Connection]):
         connections are open. ``None`` sets no limit.
     :param broker: carries broadcasts to other processes (``RedisBroker``); ``None`` delivers
         within this process.
-    :raises TypeError: a callback is not callable, or an argument has the wrong type.
+    :raises TypeError: a callback is not callable, or its signature cannot take the arguments it
+        will be given (``on_establish`` three positional, ``on_error`` one), or an argument has
+        the wrong type.
     :raises ValueError: ``max_connections`` is not positive.
     """
 
@@ -73,10 +76,9 @@ class WebSocketApp(Hub[Connection]):
         max_connections: int | None = None,
         broker: Broker | None = None,
     ) -> None:
-        if not callable(on_establish):
-            raise TypeError("on_establish must be callable")
-        if on_error is not None and not callable(on_error):
-            raise TypeError("on_error must be callable")
+        check_callback("on_establish", on_establish, "connection, request, handshake_results")
+        if on_error is not None:
+            check_callback("on_error", on_error, "request")
         if websocket_server is not None and not isinstance(websocket_server, WebSocketServer):
             raise TypeError("websocket_server must be a WebSocketServer")
         if max_connections is not None:
@@ -127,7 +129,7 @@ class WebSocketApp(Hub[Connection]):
         )
         self._add(connection)
         if self._shutting_down:  # shutdown began while the 101 was being sent
-            connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
+            connection.go_away()
         await connection.serve(self._on_establish, handshake_results)
         return response
 
@@ -158,7 +160,17 @@ class WebSocketApp(Hub[Connection]):
     ) -> tuple[Any, ...]:
         try:
             return await run_handshake_callback(self.websocket_server, request, response)
+        except web.HTTPException as exc:  # the callback's way to refuse
+            raise _HandshakeFailed(INVALID_REQUEST, exc) from None
         except Exception as exc:
+            # Most likely a bug in the callback: say so where the developer looks.
+            logger.warning(
+                "the handshake callback raised for %s %s; the handshake fails with %r",
+                request.method,
+                request.path,
+                INVALID_REQUEST,
+                exc_info=exc,
+            )
             raise _HandshakeFailed(INVALID_REQUEST, exc) from None
 
     async def _answer_failure(
@@ -205,15 +217,13 @@ class WebSocketApp(Hub[Connection]):
 
     async def _on_startup(self, app: web.Application) -> None:
         self._shutting_down = False
-        if self._broker is not None:
-            await self._broker.start(self.deliver, self._counts)
+        await self._start_broker()
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:
-        if self._broker is not None:
-            await self._broker.stop()
+        await self._stop_broker()
 
     async def shutdown(self) -> None:
         """Refuse new handshakes, close every connection with 1001 and wait for every ``finish``.
@@ -224,7 +234,7 @@ class WebSocketApp(Hub[Connection]):
         self._shutting_down = True
         connections = tuple(self.connections)
         for connection in connections:
-            connection.close(WSCloseCode.GOING_AWAY, "server shutting down")
+            connection.go_away()
         finished = [connection.finished for connection in connections]
         if not finished:
             return

@@ -13,10 +13,11 @@ every process's.
 from __future__ import annotations
 
 import abc
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Broadcast", "Broker", "Counts", "Deliver"]
+__all__ = ["Broadcast", "Broker", "Counts", "Deliver", "attach", "detach"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +75,31 @@ class Broker(abc.ABC):
 
     def group_left(self, group: str) -> None:  # noqa: B027 - optional hook
         """This process no longer has any member in ``group``."""
+
+
+_ENDPOINTS: weakref.WeakKeyDictionary[Broker, object] = weakref.WeakKeyDictionary()
+"""Each started broker, with the endpoint it serves."""
+
+
+def attach(broker: Broker, endpoint: object) -> None:
+    """Make ``broker`` serve ``endpoint``: an endpoint's startup calls this before ``start``.
+
+    A broker serves one endpoint: it delivers what it receives through one ``deliver`` and
+    counts one endpoint's connections.
+
+    :raises RuntimeError: ``broker`` serves another endpoint already.
+    """
+    owner = _ENDPOINTS.get(broker)
+    if owner is not None and owner is not endpoint:
+        raise RuntimeError(
+            f"this {type(broker).__name__} serves another endpoint already: a broker serves one "
+            "endpoint. Give each WebSocketApp a broker of its own (brokers that share a Redis "
+            "and a prefix share their broadcasts)."
+        )
+    _ENDPOINTS[broker] = endpoint
+
+
+def detach(broker: Broker, endpoint: object) -> None:
+    """``broker`` no longer serves ``endpoint`` (its application stopped)."""
+    if _ENDPOINTS.get(broker) is endpoint:
+        del _ENDPOINTS[broker]

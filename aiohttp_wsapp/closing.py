@@ -3,12 +3,17 @@
 A connection's life is one state, :class:`ConnectionState`, changed in one place each way:
 :meth:`Closing.start` (OPEN → CLOSING) and :meth:`Closing.finish` (→ CLOSED). Whatever starts the
 closing arms one deadline of ``close_timeout`` that aborts the socket, whatever is still buffered.
+
+The peer's end of stream reaches the closing through a watch on the transport's protocol
+(:meth:`Closing.watch_transport`). Where aiohttp cannot read the peer's answer to a close (during
+shutdown, after a message too big), the server ends its side of the stream after its close frame
+(:meth:`Closing.half_close`) and waits for the peer's end (:meth:`Closing.linger`): the socket
+then ends with a FIN both ways, not a reset.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import socket
 import struct
@@ -84,7 +89,17 @@ class Closing:
     ``transport`` is the connection's socket; ``timeout`` is ``close_timeout``.
     """
 
-    __slots__ = ("_deadline", "_timeout", "_transport", "code", "reason", "state")
+    __slots__ = (
+        "_deadline",
+        "_gone",
+        "_half_closed",
+        "_peer_gone",
+        "_timeout",
+        "_transport",
+        "code",
+        "reason",
+        "state",
+    )
 
     def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
         self.state = OPEN
@@ -96,6 +111,9 @@ class Closing:
         self._transport = transport
         self._timeout = timeout
         self._deadline: asyncio.TimerHandle | None = None
+        self._half_closed = False
+        self._peer_gone = False
+        self._gone: asyncio.Future[None] | None = None
 
     def start(self, code: int, reason: str) -> bool:
         """Enter CLOSING with ``code`` and ``reason``; tell whether it was open until now.
@@ -119,23 +137,56 @@ class Closing:
         abort(self._transport)
 
     def close_transport(self) -> None:
-        """Close the socket once its buffer is flushed, within the closing's deadline.
-
-        It stands in for the transport's own ``close``, which waits for the buffer to flush
-        without a limit (see :meth:`watch_transport`).
-        """
+        """Close the socket once its buffer is flushed, within the closing's deadline."""
         self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
-        type(self._transport).close(self._transport)
+        self._transport.close()
 
     def watch_transport(self) -> None:
-        """Make every close of the transport start the closing.
+        """Learn of the peer's end of stream, which starts the closing.
 
-        ``transport.close()`` waits for the buffer to flush, without a limit, and asyncio calls
-        it on the peer's end of stream without telling aiohttp. (uvloop's transports take no
-        attributes: there the heartbeat notices the closing.)
+        On the peer's end of stream asyncio (and uvloop) close the transport without telling
+        aiohttp, and that close waits for the buffer to flush, without a limit: a peer that
+        stops reading and then half-closes would hold the socket for ever. The transport's
+        events go through a :class:`_Watch` that starts the closing (and so arms its deadline).
         """
-        with contextlib.suppress(AttributeError):
-            self._transport.close = self.close_transport  # type: ignore[method-assign]
+        transport = self._transport
+        transport.set_protocol(_Watch(transport.get_protocol(), self))
+
+    def half_close(self) -> None:
+        """End the server's side of the stream once the buffer is written: only after a close frame.
+
+        A peer that answers the close then ends its side too, which is seen even where aiohttp
+        no longer reads. Transports that cannot half-close (TLS) are left as they are.
+        """
+        transport = self._transport
+        if not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+            self._half_closed = True
+
+    async def linger(self) -> None:
+        """After a half-close, wait until the peer ended its side too (or the deadline struck).
+
+        Closing the socket while the peer still sends would answer its data with a reset.
+        """
+        if not self._half_closed or self._peer_gone:
+            return
+        if self._gone is None:
+            self._gone = asyncio.get_running_loop().create_future()
+        await self._gone
+
+    def peer_ended(self) -> None:
+        """The peer ended its side of the stream (end of file)."""
+        self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
+        self._gone_now()
+
+    def lost(self) -> None:
+        """The socket is gone."""
+        self._gone_now()
+
+    def _gone_now(self) -> None:
+        self._peer_gone = True
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
 
     def finish(self) -> None:
         """Enter CLOSED and close the socket; the deadline stays armed while it still flushes."""
@@ -144,11 +195,44 @@ class Closing:
         transport = self._transport
         if not transport.is_closing():
             transport.close()
-        with contextlib.suppress(AttributeError):
-            del transport.close  # the class's own again: no cycle through the closing
+        watch = transport.get_protocol()
+        if type(watch) is _Watch:  # aiohttp's own again: no cycle through the closing
+            transport.set_protocol(watch.protocol)
         if self._deadline is not None and not transport.get_write_buffer_size():
             self._deadline.cancel()
 
     def error(self) -> ConnectionClosed:
         """Return the exception that an operation on the closed connection raises."""
         return ConnectionClosed(self.code, self.reason)
+
+
+class _Watch(asyncio.Protocol):
+    """Passes a transport's events on to aiohttp's protocol, telling the closing of an EOF."""
+
+    __slots__ = ("_closing", "data_received", "protocol")
+
+    def __init__(self, protocol: asyncio.BaseProtocol, closing: Closing) -> None:
+        assert isinstance(protocol, asyncio.Protocol), "aiohttp's protocol is a Protocol"
+        self.protocol = protocol
+        """aiohttp's protocol."""
+        self._closing = closing
+        # Read for every message: the protocol's own method, so that it costs no extra call.
+        self.data_received = protocol.data_received  # type: ignore[method-assign]
+
+    def eof_received(self) -> bool | None:
+        """Start the closing; then aiohttp's protocol decides (it lets the transport close)."""
+        self._closing.peer_ended()
+        return self.protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tell the closing; pass it on."""
+        self._closing.lost()
+        self.protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """Pass it on: aiohttp's writer waits while the transport's buffer is full."""
+        self.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Pass it on."""
+        self.protocol.resume_writing()

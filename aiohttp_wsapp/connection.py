@@ -98,6 +98,7 @@ class Connection:
             deflater=negotiated_deflater(ws, settings.compression),
             owner=self,
         )
+        ws.sender = self._sender
         self._keepalive = Keepalive(settings.heartbeat, closing, self._sender)
         self._events = Events(self)
         self._receiver = Receiver(self, ws, closing, self._sender, self._keepalive, self._events)
@@ -286,23 +287,24 @@ class Connection:
             self._groups -= {name}
             self._registry.discard(name, self)
 
-    # -- serving: for the endpoint ----------------------------------------------------------
+    # -- serving: for the endpoint, not for applications -----------------------------------
 
     @property
     def id(self) -> str:
-        """Names this connection across every process that shares the broker.
-
-        For the endpoint's broadcast (its ``exclude``), not for applications.
-        """
+        """Names this connection in every process that shares the broker (for ``exclude``)."""
         return self._id
 
     @property
     def finished(self) -> asyncio.Future[None]:
-        """Done once the connection finished and its ``finish`` handlers returned.
-
-        For the endpoint's shutdown, not for applications.
-        """
+        """Done once the connection finished and its ``finish`` handlers returned (for shutdown)."""
         return self._finished
+
+    def go_away(self) -> None:
+        """Close with 1001 for the endpoint's shutdown, and end the server's side of the stream:
+        aiohttp reads nothing more once the application shuts down (:meth:`Closing.half_close`).
+        """
+        self.close(WSCloseCode.GOING_AWAY, "server shutting down")
+        self._closing.half_close()
 
     def stop(self) -> None:
         """Drop the socket and cancel whatever handler the connection is still running.
@@ -345,5 +347,5 @@ class Connection:
             self._registry.discard(name, self)
         self._groups = frozenset()
         self._forget(self)
-        self._ws.closing = None
+        self._ws.closing = self._ws.sender = None
         return self._events.close()

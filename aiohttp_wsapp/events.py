@@ -13,6 +13,8 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 
+from .signatures import positional
+
 __all__ = [
     "EVENTS",
     "Events",
@@ -68,19 +70,8 @@ def wants_unregister(handler: Handler) -> bool:
 
 
 def _signature_wants_unregister(handler: Handler) -> bool:
-    try:
-        parameters = inspect.signature(handler).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    required = 0
-    for parameter in parameters:
-        if parameter.kind is parameter.VAR_POSITIONAL:
-            return True
-        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD) and (
-            parameter.default is parameter.empty
-        ):
-            required += 1
-    return required >= 3
+    reading = positional(handler)
+    return reading is not None and (reading.most is None or reading.required >= 3)
 
 
 async def call_each(registrations: Iterable[Registration], *args: Any) -> None:

@@ -281,7 +281,7 @@ class Compression:
         elif mode == "dedicated":
             default_threshold = DEDICATED_COMPRESS_THRESHOLD
         else:
-            raise ValueError(f"compress must be True, False or 'dedicated', not {mode!r}")
+            raise ValueError(f"compress must be True, False, 'shared' or 'dedicated', not {mode!r}")
         if threshold is None:
             threshold = default_threshold
         _check_threshold(threshold)

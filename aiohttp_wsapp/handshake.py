@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TypeVar
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy
@@ -23,6 +24,8 @@ OriginCheck = Callable[[str | None, web.Request], bool]
 OriginPolicy = str | frozenset[str] | OriginCheck | None
 """A normalised ``allowed_origins``: ``None``, ``"*"``, a set of lower-case origins, or a check."""
 
+_Refusal = TypeVar("_Refusal", bound=web.HTTPException)
+
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 # RFC 6455 §4.2.1: the key is the base64 of 16 bytes, which is always 22 characters and "==".
@@ -32,7 +35,13 @@ _SEC_WEBSOCKET_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
 
 
 def _bad_request(reason: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=f"Error: invalid request: {reason}")
+    return _saying(web.HTTPBadRequest(text=f"Error: invalid request: {reason}"), reason)
+
+
+def _saying(exception: _Refusal, reason: str) -> _Refusal:
+    """Make ``str(exception)`` the reason, for ``on_error``; the status line keeps its own."""
+    exception.args = (reason,)
+    return exception
 
 
 def _has_token(headers: CIMultiDictProxy[str], name: str, token: str) -> bool:
@@ -49,7 +58,7 @@ def _has_token(headers: CIMultiDictProxy[str], name: str, token: str) -> bool:
 
 def check_opening_handshake(request: web.Request, protocols: tuple[str, ...]) -> str | None:
     """Return the subprotocol to speak, or raise an :class:`aiohttp.web.HTTPException` saying
-    why ``request`` is no handshake this server accepts.
+    why ``request`` is no handshake this server accepts: its ``str()`` is the reason.
 
     ``protocols`` are the server's subprotocols in order of preference: the first of them that
     the client offers is chosen. An unsupported ``Sec-WebSocket-Version`` raises 426 Upgrade
@@ -67,9 +76,12 @@ def check_opening_handshake(request: web.Request, protocols: tuple[str, ...]) ->
         raise _bad_request("no 'Connection: upgrade' header")
     version = headers.get(hdrs.SEC_WEBSOCKET_VERSION)
     if version != "13":
-        raise web.HTTPUpgradeRequired(
-            headers={hdrs.SEC_WEBSOCKET_VERSION: "13"},
-            text=f"Error: invalid request: unsupported Sec-WebSocket-Version {version!r}",
+        reason = f"unsupported Sec-WebSocket-Version {version!r}"
+        raise _saying(
+            web.HTTPUpgradeRequired(
+                headers={hdrs.SEC_WEBSOCKET_VERSION: "13"}, text=f"Error: invalid request: {reason}"
+            ),
+            reason,
         )
     keys = headers.getall(hdrs.SEC_WEBSOCKET_KEY, ())
     if len(keys) > 1:  # RFC 6455 §11.3.1: it must not appear more than once

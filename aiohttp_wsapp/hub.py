@@ -8,15 +8,18 @@ so that it sits below the connection's module and both can name it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Set
-from typing import Generic, Protocol, TypeVar
+import logging
+from collections.abc import Awaitable, Generator, Hashable, Iterable, Iterator, Mapping, Set
+from typing import Any, Generic, Protocol, TypeVar
 
-from .broker import Broadcast, Broker
+from .broker import Broadcast, Broker, attach, detach
 from .frames import BroadcastFrames, Opcode
 from .groups import Groups
 from .server import WebSocketServer
 
 __all__ = ["Hub", "Member"]
+
+logger = logging.getLogger("aiohttp_wsapp")
 
 _HOLD_LIMIT = 0.001
 """Seconds that awaited broadcasts may hold the event loop before they let other tasks run."""
@@ -73,6 +76,9 @@ class Hub(Generic[Connection]):
             self._group_created, self._group_emptied, self._counts_changed
         )
         self._last_turn = 0.0
+        self._turn = _Turn(self)
+        self._broker_started = False
+        self._publications: set[asyncio.Task[None]] = set()
 
     @property
     def websocket_server(self) -> WebSocketServer:
@@ -96,9 +102,11 @@ class Hub(Generic[Connection]):
         """Return how many connections are open (in ``group``), across every process that
         shares the broker; without a broker, in this process.
 
+        :raises RuntimeError: the endpoint has a broker that was never started.
         :raises BrokerError: the broker cannot count them.
         """
         if self._broker is not None:
+            self._check_broker_started()
             return await self._broker.count(group)
         if group is None:
             return len(self._connections)
@@ -106,13 +114,13 @@ class Hub(Generic[Connection]):
 
     # -- broadcast --------------------------------------------------------------------------
 
-    async def broadcast(
+    def broadcast(
         self,
         data: str | bytes,
         *,
         group: str | None = None,
         exclude: Connection | Iterable[Connection] | None = None,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Send ``data`` to every open connection, or to the members of ``group``.
 
         ``str`` goes as a text frame, ``bytes`` as a binary one, to every target but those in
@@ -121,22 +129,30 @@ class Hub(Generic[Connection]):
         no other: frames are written without waiting, and a peer whose unsent data passes its
         ``send_buffer_limit`` is dropped.
 
-        With a broker, the broadcast goes through it to every process that shares it. Either
-        way, awaiting it lets other tasks run: a loop of broadcasts does not hold the event loop.
+        With a broker, the broadcast goes through it to every process that shares it.
+
+        Like :meth:`Connection.send`, it need not be awaited: called from a plain function it
+        still happens, in call order (delivered here at once; with a broker, published in call
+        order), and a failure is logged at WARNING. Awaited, it raises the failure; and awaiting
+        lets other tasks run, so that a loop of broadcasts does not hold the event loop.
 
         :raises TypeError: ``data`` is neither ``str`` nor ``bytes``.
-        :raises BrokerError: the broker cannot deliver it.
+        :raises RuntimeError: the endpoint has a broker that was never started (see
+            :meth:`WebSocketApp.setup`).
+        :raises BrokerError: when awaited, if the broker cannot deliver it.
         """
         if isinstance(data, bytearray | memoryview):
             data = bytes(data)
         if not isinstance(data, str | bytes):
             raise TypeError(f"broadcast() takes str or bytes, not {type(data).__name__}")
         message = Broadcast(data, group, _member_ids(exclude))
-        if self._broker is None:
+        broker = self._broker
+        if broker is None:
             self.deliver(message)
-            await self._let_others_run()
-        else:
-            await self._broker.publish(message)
+            return self._turn
+        self._check_broker_started()
+        task = asyncio.get_running_loop().create_task(broker.publish(message))
+        return _Publication(task, self._publications)
 
     async def _let_others_run(self) -> None:
         # A turn of the event loop costs about as much as a small broadcast: take one only
@@ -162,6 +178,42 @@ class Hub(Generic[Connection]):
         for connection in targets:
             if connection.id not in exclude:
                 connection.send_broadcast(frames)
+
+    # -- the broker's life: the endpoint's startup and cleanup call these ------------------
+
+    async def _start_broker(self) -> None:
+        """Connect the broker, for this endpoint alone."""
+        broker = self._broker
+        if broker is None:
+            return
+        attach(broker, self)
+        try:
+            await broker.start(self.deliver, self._counts)
+        except BaseException:
+            detach(broker, self)
+            raise
+        self._broker_started = True
+
+    async def _stop_broker(self) -> None:
+        """Let the broadcasts under way go out (for ``close_timeout`` at most); disconnect."""
+        broker = self._broker
+        if broker is None:
+            return
+        if self._publications:
+            await asyncio.wait(tuple(self._publications), timeout=self._server.close_timeout)
+        try:
+            await broker.stop()
+        finally:
+            detach(broker, self)
+
+    def _check_broker_started(self) -> None:
+        if not self._broker_started:
+            raise RuntimeError(
+                "the broker of this endpoint was never started: an endpoint with a broker starts "
+                "with its application. Mount it (app.add_subapp(path, wsapp.to_app())), run it "
+                "(web.run_app(wsapp.to_app())), or, when you route to wsapp.call yourself, call "
+                "wsapp.setup(app) before the application starts."
+            )
 
     # -- membership, and the counts a broker reads ------------------------------------------
 
@@ -190,6 +242,47 @@ class Hub(Generic[Connection]):
     def _counts(self) -> tuple[int, Mapping[str, int]]:
         """This process's open connections, and group name → its open members here (live)."""
         return len(self._connections), self._groups.sizes
+
+
+class _Turn:
+    """What a broadcast without a broker returns: delivered already, awaiting it lets other
+    tasks run now and then."""
+
+    __slots__ = ("_hub",)
+
+    def __init__(self, hub: Hub[Any]) -> None:
+        self._hub = hub
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._hub._let_others_run().__await__()
+
+
+class _Publication:
+    """What a broadcast through a broker returns: its publication, under way in a task.
+
+    Awaiting it waits for the publication and raises its failure; a failure that nobody awaited
+    is logged at WARNING.
+    """
+
+    __slots__ = ("_awaited", "_task")
+
+    def __init__(self, task: asyncio.Task[None], running: set[asyncio.Task[None]]) -> None:
+        self._task = task
+        self._awaited = False
+        running.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(running.discard)
+        task.add_done_callback(self._finished)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        self._awaited = True
+        return self._task.__await__()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here: awaited or not, it is reported once
+        if error is not None and not self._awaited:
+            logger.warning("a broadcast that was not awaited failed: %s", error, exc_info=error)
 
 
 def _member_ids(exclude: Member | Iterable[Member] | None) -> frozenset[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Final
 
 from aiohttp import WSCloseCode
@@ -70,7 +71,7 @@ class Keepalive:
         if sent_at is None:
             self.heard = True  # unsolicited, or the answer to an application's ping
             return
-        self.latency = self._loop.time() - sent_at
+        self.latency = time.perf_counter() - sent_at
         self._ping_sent_at = None
         self.heard = False
         if self._timer is not None:
@@ -89,7 +90,8 @@ class Keepalive:
             self._closing.start(WSCloseCode.ABNORMAL_CLOSURE, "")
             return
         assert self._heartbeat is not None
-        self._ping_sent_at = self._loop.time()
+        # perf_counter, not loop.time(): uvloop's has millisecond resolution, cached per turn.
+        self._ping_sent_at = time.perf_counter()
         self._timer = self._loop.call_later(self._heartbeat / 2, self._pong_missed)
         self._sender.write(_HEARTBEAT_PING)
 

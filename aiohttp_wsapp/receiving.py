@@ -108,6 +108,7 @@ class Receiver:
                 return
             elif kind is WSMsgType.ERROR:
                 await self._receive_failed(message.data)
+                await closing.linger()  # the peer may still be sending: see Response
                 return
             else:  # CLOSED: the socket is gone
                 return
@@ -153,14 +154,14 @@ class Receiver:
         if code == NO_STATUS_RECEIVED or sendable(code):
             self._closing.start(code, reason)
             echoed = WSCloseCode.OK if code == NO_STATUS_RECEIVED else code
-            await self._ws.close(code=echoed, drain=False)
+            await self._ws.answer_close(echoed)
             return
         # RFC 6455 §7.4: a code that may not be sent is a protocol error, answered with 1002.
         self._closing.start(WSCloseCode.PROTOCOL_ERROR, "")
         await self._peer_failed(
             WebSocketError(WSCloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
         )
-        await self._ws.close(code=WSCloseCode.PROTOCOL_ERROR, drain=False)
+        await self._ws.answer_close(WSCloseCode.PROTOCOL_ERROR)
 
 
 def _exceeds(data: str | bytes, limit: int) -> bool:

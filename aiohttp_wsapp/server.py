@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from aiohttp import web
+from yarl import URL
 
 from .frames import DEFAULT_COMPRESS_WINDOW_BITS, Compression
 from .handshake import OriginCheck, OriginPolicy, normalise_origin
+from .signatures import check_callback
 
 __all__ = ["HandshakeCallback", "ValidatorCallback", "WebSocketServer", "run_handshake_callback"]
 
@@ -21,6 +24,9 @@ ValidatorCallback = Callable[[web.Request], Any]
 
 MiB = 1024 * 1024
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An HTTP token (RFC 7230 §3.2.6): what a subprotocol name is (RFC 6455 §4.1)."""
+
 
 def _positive_number(name: str, value: float | None, *, optional: bool = False) -> None:
     if value is None and optional:
@@ -31,9 +37,9 @@ def _positive_number(name: str, value: float | None, *, optional: bool = False) 
         raise ValueError(f"{name} must be positive, not {value!r}")
 
 
-def _callable_or_none(name: str, value: object) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{name} must be callable, not {type(value).__name__}")
+def _callback_or_none(name: str, value: object, arguments: str) -> None:
+    if value is not None:
+        check_callback(name, value, arguments)
 
 
 def _origin_policy(allowed_origins: str | Iterable[str] | OriginCheck | None) -> OriginPolicy:
@@ -44,7 +50,41 @@ def _origin_policy(allowed_origins: str | Iterable[str] | OriginCheck | None) ->
     origins = frozenset(allowed_origins)
     if not all(isinstance(origin, str) for origin in origins):
         raise TypeError("allowed_origins must contain origin strings")
+    for origin in origins:
+        _check_origin(origin)
     return frozenset(normalise_origin(origin) for origin in origins)
+
+
+def _check_origin(origin: str) -> None:
+    """Refuse what a browser never sends as an ``Origin``: no scheme or host, a path, a query."""
+    try:
+        url = URL(origin)
+    except ValueError:
+        url = None
+    if url is None or not url.scheme or not url.host:
+        raise ValueError(
+            f"allowed_origins takes origins such as 'https://example.com', not {origin!r}: "
+            "an origin has a scheme and a host"
+        )
+    if url.path not in ("", "/") or url.query_string or url.fragment or url.user:
+        raise ValueError(
+            f"allowed_origins takes origins such as 'https://example.com', not {origin!r}: "
+            "an origin is a scheme, a host and a port, without a path"
+        )
+
+
+def _protocols(protocols: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(protocols, str):
+        raise TypeError("protocols must be an iterable of strings, not a string")
+    chosen = tuple(protocols)
+    for protocol in chosen:
+        if not isinstance(protocol, str):
+            raise TypeError(f"protocols must contain strings, not {type(protocol).__name__}")
+        if not _TOKEN.fullmatch(protocol):
+            raise ValueError(
+                f"a subprotocol is a token (letters, digits and !#$%&'*+-.^_`|~), not {protocol!r}"
+            )
+    return chosen
 
 
 def _compression(compress: object, threshold: int | None, window_bits: int) -> Compression | None:
@@ -56,7 +96,7 @@ def _compression(compress: object, threshold: int | None, window_bits: int) -> C
         Compression(threshold=threshold, window_bits=window_bits)  # still check the values
         return None
     else:
-        raise ValueError(f"compress must be True, False or 'dedicated', not {compress!r}")
+        raise ValueError(f"compress must be True, False, 'shared' or 'dedicated', not {compress!r}")
     return compression
 
 
@@ -74,15 +114,16 @@ class WebSocketServer:
     :param handshake: ``handshake(request, response)``, sync or async, runs once the request is a
         valid handshake from an allowed origin. Headers it sets on ``response`` (the not yet sent
         :class:`aiohttp.web.WebSocketResponse`) go out in the 101 response. It rejects the
-        handshake by raising: an :class:`aiohttp.web.HTTPException` is answered as it is. What it
-        returns becomes the handshake results: ``None`` is ``()``, a tuple stays as it is,
-        anything else is ``(value,)``.
+        handshake by raising: an :class:`aiohttp.web.HTTPException` is answered as it is (logged
+        at DEBUG); any other exception fails it with ``INVALID_REQUEST`` and, being most likely
+        a bug, is logged at WARNING with its traceback. What it returns becomes the handshake
+        results: ``None`` is ``()``, a tuple stays as it is, anything else is ``(value,)``.
     :param validator: ``validator(request)``, the original's older form with the same results
         rule; ignored when ``handshake`` is given.
-    :param protocols: the subprotocols this endpoint speaks, in order of preference: the first
-        of them that the client offers is chosen, whatever the client's order. A client that
-        offers only others is refused (``INVALID_REQUEST``); one that offers none is accepted
-        without a subprotocol.
+    :param protocols: the subprotocols this endpoint speaks (token strings, RFC 7230 §3.2.6), in
+        order of preference: the first of them that the client offers is chosen, whatever the
+        client's order. A client that offers only others is refused (``INVALID_REQUEST``); one
+        that offers none is accepted without a subprotocol.
     :param max_payload_size: bytes; a larger incoming message closes the connection with 1009.
     :param heartbeat: seconds between heartbeat rounds: a peer not heard from (no complete
         message, no pong) since the last round is pinged, and dropped (close code 1006) if no
@@ -109,7 +150,9 @@ class WebSocketServer:
     :param close_timeout: however the closing starts (either side's close, a protocol error,
         the peer's end of stream, a heartbeat timeout, a handler error, shutdown), the socket is
         dropped at most this many seconds later, whatever is still in its send buffer.
-    :raises TypeError: a callback is not callable, or a setting has the wrong type.
+    :raises TypeError: a callback is not callable, or its signature cannot take the arguments it
+        will be given (``handshake`` two positional, ``validator`` one), a setting has the wrong
+        type, or a subprotocol is not a string.
     :raises ValueError: a size or duration is not positive, ``compress`` is not one of its
         values, or ``compress_window_bits`` is outside 9-15.
     """
@@ -129,17 +172,15 @@ class WebSocketServer:
         send_buffer_limit: int = 16 * MiB,
         close_timeout: float = 10.0,
     ) -> None:
-        _callable_or_none("handshake", handshake)
-        _callable_or_none("validator", validator)
-        if isinstance(protocols, str):
-            raise TypeError("protocols must be an iterable of strings, not a string")
+        _callback_or_none("handshake", handshake, "request, response")
+        _callback_or_none("validator", validator, "request")
         _positive_number("max_payload_size", max_payload_size)
         _positive_number("heartbeat", heartbeat, optional=True)
         _positive_number("send_buffer_limit", send_buffer_limit)
         _positive_number("close_timeout", close_timeout)
         self.handshake = handshake
         self.validator = validator
-        self.protocols = tuple(protocols)
+        self.protocols = _protocols(protocols)
         self.max_payload_size = max_payload_size
         self.heartbeat = heartbeat
         self.compress = compress

@@ -14,6 +14,7 @@ from aiohttp import WSCloseCode, web
 
 from .closing import Closing
 from .frames import Compression, MessageDeflater
+from .sending import Sender
 from .server import WebSocketServer
 
 __all__ = ["Response", "negotiated_deflater", "new_response", "read_in_small_chunks"]
@@ -40,10 +41,17 @@ class Response(web.WebSocketResponse):
     for the socket's buffer to drain, without a limit. Reporting it lets the connection enter
     CLOSING (and arm its deadline) the moment it happens; the drain is skipped because the
     deadline, not the peer, decides how long closing takes.
+
+    When the peer's message is too big, the connection answers with 1009 itself and ends its
+    side of the stream, rather than let aiohttp close the socket at once: the rest of the
+    message is still on its way, and a socket closed with data unread ends in a reset. The
+    receive loop then waits for the peer's end (:meth:`Closing.linger`).
     """
 
     closing: Closing | None = None
     """The closing of the connection this response carries, while it is not finished."""
+    sender: Sender | None = None
+    """The writer of that connection, while it is not finished."""
     message_limit: int | None = None
     """The largest message the connection accepts, when aiohttp's own limit is looser."""
 
@@ -51,12 +59,23 @@ class Response(web.WebSocketResponse):
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
         """Close as aiohttp does, after telling the connection that the closing started."""
-        if self.closing is not None:
+        closing, sender = self.closing, self.sender
+        if closing is not None and sender is not None and code == WSCloseCode.MESSAGE_TOO_BIG:
+            # aiohttp refused a frame by its header: the rest of it is still on its way.
+            sender.close(code)
+            closing.half_close()
+            return True
+        if closing is not None:
             # aiohttp closes with 1000 when the peer's socket ended without a close frame, and
             # with the protocol error's code when the peer broke the protocol.
             abnormal = code == WSCloseCode.OK
-            self.closing.start(WSCloseCode.ABNORMAL_CLOSURE if abnormal else code, "")
+            closing.start(WSCloseCode.ABNORMAL_CLOSURE if abnormal else code, "")
         return await super().close(code=code, message=message, drain=False)
+
+    async def answer_close(self, code: int) -> None:
+        """Answer the peer's close frame with ``code`` and close the socket: the handshake is
+        complete, the peer sends nothing more."""
+        await super().close(code=code, drain=False)
 
 
 def new_response(settings: WebSocketServer, request: web.Request, protocol: str | None) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis_server import RedisServer
-from support import BROWSER_TIMEOUT, Recorder, require_module, require_program
+from support import (
+    BROWSER_TIMEOUT,
+    Recorder,
+    check_recorders,
+    require_module,
+    require_program,
+    watch_for_repeats,
+)
 
 from aiohttp_wsapp import Connection, WebSocketApp
 
@@ -48,8 +55,16 @@ async def home(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-def serve(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> Serve:
-    """Serve ``WebSocketApp(on_establish, **kwargs)`` at ``/websocket`` beside a ``/`` page."""
+async def serve(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> AsyncIterator[Serve]:
+    """Serve ``WebSocketApp(on_establish, **kwargs)`` at ``/websocket`` beside a ``/`` page.
+
+    After the test the clients and servers are closed here, and the loop runs on briefly
+    (:func:`support.watch_for_repeats`), so that a ``finish`` fired late still reaches the
+    recorders before they are checked.
+    """
+    clients: list[TestClient[Any, Any]] = []
 
     async def serve(on_establish: Callable[..., Any], **kwargs: Any) -> Endpoint:
         wsapp = WebSocketApp(on_establish, **kwargs)
@@ -58,9 +73,21 @@ def serve(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> Serve
         app.add_subapp("/websocket", wsapp.to_app())
         server = await aiohttp_server(app)
         client: TestClient[Any, Any] = await aiohttp_client(server)
+        clients.append(client)
         return Endpoint(wsapp, server, client)
 
-    return serve
+    yield serve
+    for client in clients:
+        await client.close()  # its websockets, then its server: the fixtures' order
+    await watch_for_repeats()
+
+
+@pytest.fixture(autouse=True)
+def _finish_fires_once() -> Iterator[None]:
+    """After the test, once every server is closed: each connection a :class:`support.Recorder`
+    saw established has finished exactly once (autouse, so torn down after every other fixture)."""
+    yield
+    check_recorders()
 
 
 @pytest.fixture

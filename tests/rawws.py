@@ -540,6 +540,28 @@ class RawWebSocket:
 
         return await asyncio.wait_for(read_to_eof(), timeout)
 
+    async def wait_fin(self, timeout: float = TIMEOUT) -> bytes:
+        """Wait until the server ends the TCP connection with a FIN; return what it sent meanwhile.
+
+        Fail if it ends with a reset instead: the server dropped the connection.
+        """
+        try:
+            return await self.wait_eof_or_reset(timeout)
+        except ConnectionResetError:
+            raise AssertionError("the server reset the connection instead of closing it") from None
+
+    async def wait_eof_or_reset(self, timeout: float = TIMEOUT) -> bytes:
+        """Read until the server ends the TCP connection; a reset raises ConnectionResetError."""
+
+        async def read_to_eof() -> bytes:
+            data = self._buffer
+            self._buffer = b""
+            while chunk := await self.reader.read(65536):
+                data += chunk
+            return data
+
+        return await asyncio.wait_for(read_to_eof(), timeout)
+
     def abort(self) -> None:
         """Vanish: reset the TCP connection at once, without a closing handshake."""
         reset_connection(self.writer)

@@ -1,5 +1,5 @@
-"""What tests share besides fixtures: the one timeout, the recorder of connection events, and
-skipping for a program or module this machine may lack.
+"""What tests share besides fixtures: the one timeout, the bound of a "within", the recorder of
+connection events, and skipping for a program, module or resource this machine may lack.
 
 Fixtures live in ``conftest.py``; this module holds plain names that any test module, and the
 helper modules beside them (``rawws.py``), can import.
@@ -17,17 +17,86 @@ from aiohttp import web
 
 from aiohttp_wsapp import Connection
 
-__all__ = ["REQUIRE_ALL", "TIMEOUT", "Recorder", "require_module", "require_program"]
+__all__ = [
+    "EARLY",
+    "REQUIRE_ALL",
+    "SLACK",
+    "TIMEOUT",
+    "Recorder",
+    "assert_within",
+    "check_recorders",
+    "require",
+    "require_module",
+    "require_program",
+    "watch_for_repeats",
+    "within",
+]
 
 TIMEOUT = 5.0
 """How long a test waits for something that should happen at once: an event, a frame, a read."""
 BROWSER_TIMEOUT = 2 * TIMEOUT
 """How long a test waits for a headless browser, which starts and renders slowly."""
 
+SLACK = 3.0
+"""How far past its setting a "within" may end: the upper bound of an interval set to ``s`` seconds
+is ``SLACK * s``. Proportional to the setting, so that a setting stretched eight times fails the
+test however short it is, and wide enough for the stalls of a loaded CI machine (two cores shared
+by several test runs). Choose settings of at least a few tenths of a second, so that the margin
+covers scheduling, not just the clock."""
+EARLY = 0.01
+"""Seconds an interval measured on the event loop's clock may come out short of its setting: the
+loop runs a timer when it is due within its clock's resolution, and a test's own clock reading may
+come a little after the server's."""
+
 REQUIRE_ALL = os.environ.get("AIOHTTP_WSAPP_REQUIRE_ALL") == "1"
 """Set by ``.ci/run``: a test whose program is missing fails instead of skipping."""
 
 T = TypeVar("T")
+
+
+def within(setting: float) -> float:
+    """The upper bound of an interval that the settings put at ``setting`` seconds."""
+    return SLACK * setting
+
+
+def assert_within(elapsed: float, setting: float, *, at_least: float | None = None) -> None:
+    """Assert that ``elapsed`` seconds is at most :func:`within` ``setting``; and, when given, at
+    least ``at_least`` (less :data:`EARLY`): both sides of a "within"."""
+    assert elapsed <= within(setting), f"took {elapsed:.3f} s; the setting is {setting} s"
+    if at_least is not None:
+        assert elapsed >= at_least - EARLY, f"took {elapsed:.3f} s, less than {at_least} s"
+
+
+_recorders: list[Recorder] = []
+"""Every recorder made by the running test, for :func:`check_recorders` after it."""
+
+
+REPEAT_WINDOW = 0.05
+"""Seconds a test's servers, once closed, keep the event loop running before the recorders are
+checked: a ``finish`` fired again on a timer (a late callback, a retry) due within that window
+still runs before the check, since the loop runs timers in the order they are due."""
+
+
+async def watch_for_repeats() -> None:
+    """Let the loop run :data:`REPEAT_WINDOW` more, if any recorder saw a connection: call it once
+    the servers are closed, before the loop goes (the ``serve`` fixture does)."""
+    if any(recorder.connections for recorder in _recorders):
+        await asyncio.sleep(REPEAT_WINDOW)  # a window to observe what must not happen
+
+
+def check_recorders() -> None:
+    """Assert, after the test and its servers are gone, that every connection a recorder saw
+    established finished exactly once in its whole life; then forget the recorders.
+
+    A ``finish`` that fires twice, however late, or never, fails the test here (conftest runs it
+    after every fixture, the servers included, has been torn down).
+    """
+    recorders = list(_recorders)
+    _recorders.clear()
+    for recorder in recorders:
+        assert recorder.repeated == [], f"finish fired again for {recorder.repeated}"
+        unfinished = [c for c in recorder.connections if c not in recorder.finished_at]
+        assert unfinished == [], f"finish never fired for {unfinished}"
 
 
 class Recorder:
@@ -40,6 +109,11 @@ class Recorder:
 
     With ``echo``, the ``message`` handler also sends each message back, without awaiting the
     send.
+
+    ``finish`` is counted for the whole life of the server: :attr:`finished_at` holds the loop's
+    time of each connection's first ``finish``, :attr:`repeated` every connection whose ``finish``
+    fired again. After each test, conftest fails it if any connection finished twice or never
+    (:func:`check_recorders`).
     """
 
     def __init__(self, *, echo: bool = False) -> None:
@@ -53,8 +127,15 @@ class Recorder:
         """Every ``error`` event: the connection and the exception."""
         self.finishes: list[Connection] = []
         """The connection of every ``finish`` event: a connection twice means it fired twice."""
+        self.established_at: dict[Connection, float] = {}
+        """The event loop's time at which each connection was established."""
+        self.finished_at: dict[Connection, float] = {}
+        """The event loop's time of each connection's first ``finish``."""
+        self.repeated: list[Connection] = []
+        """Every connection whose ``finish`` fired more than once (each repeat)."""
         self._taken = {"connection": 0, "message": 0, "error": 0, "finish": 0}
         self._recorded = asyncio.Event()
+        _recorders.append(self)
 
     @property
     def finish_count(self) -> int:
@@ -66,6 +147,7 @@ class Recorder:
     ) -> None:
         """Record ``conn`` and register the recording handlers on it."""
         conn.on(message=self._on_message, error=self._on_error, finish=self._on_finish)
+        self.established_at[conn] = asyncio.get_running_loop().time()
         self._record(self.connections, conn)
 
     def _on_message(self, conn: Connection, message: str | bytes) -> None:
@@ -77,6 +159,10 @@ class Recorder:
         self._record(self.errors, (conn, exc))
 
     def _on_finish(self, conn: Connection) -> None:
+        if conn in self.finished_at:
+            self.repeated.append(conn)
+        else:
+            self.finished_at[conn] = asyncio.get_running_loop().time()
         self._record(self.finishes, conn)
 
     def _record(self, records: list[T], record: T) -> None:
@@ -114,14 +200,21 @@ class Recorder:
         return await self._next("finish", self.finishes, timeout)
 
 
+def require(condition: bool, reason: str) -> None:
+    """Skip the test when ``condition`` is false, saying ``reason``; fail it instead when
+    ``AIOHTTP_WSAPP_REQUIRE_ALL=1`` (CI), where nothing may be skipped silently."""
+    if condition:
+        return
+    if REQUIRE_ALL:
+        pytest.fail(reason + "; AIOHTTP_WSAPP_REQUIRE_ALL=1 makes this mandatory")
+    pytest.skip(reason)
+
+
 def require_program(program: str, install_hint: str) -> str:
     """Return the path of ``program``, or skip the test (fail in CI) when it is not installed."""
     path = shutil.which(program)
-    if path is None:
-        message = f"{program} is not installed ({install_hint})"
-        if REQUIRE_ALL:
-            pytest.fail(message + "; AIOHTTP_WSAPP_REQUIRE_ALL=1 makes this mandatory")
-        pytest.skip(message)
+    require(path is not None, f"{program} is not installed ({install_hint})")
+    assert path is not None
     return path
 
 
@@ -130,7 +223,4 @@ def require_module(module: str, install_hint: str) -> None:
     try:
         __import__(module)
     except ImportError:
-        message = f"Python module {module} is not installed ({install_hint})"
-        if REQUIRE_ALL:
-            pytest.fail(message + "; AIOHTTP_WSAPP_REQUIRE_ALL=1 makes this mandatory")
-        pytest.skip(message)
+        require(False, f"Python module {module} is not installed ({install_hint})")

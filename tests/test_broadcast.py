@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from conftest import Endpoint, Serve
+from rawws import RawWebSocket, address, until
 from support import TIMEOUT, Recorder
 
 from aiohttp_wsapp import Connection
@@ -73,6 +75,15 @@ async def test_broadcast_to_a_group_reaches_only_its_members(
     assert [await received(clients[0]), await received(clients[1])] == ["red only"] * 2
     await nothing_more([clients[0], clients[1]], "end")
     await nothing_more([clients[2]], "end")
+
+
+async def test_broadcast_to_a_group_without_members_reaches_nobody(
+    endpoint: Endpoint, recorder: Recorder
+) -> None:
+    clients, _ = await open_clients(endpoint, recorder, ["/websocket/red", "/websocket"])
+    await endpoint.wsapp.broadcast("to an empty room", group="empty")
+    await endpoint.wsapp.broadcast("end")
+    await nothing_more(clients, "end")
 
 
 async def test_exclude_one_connection_or_several(endpoint: Endpoint, recorder: Recorder) -> None:
@@ -141,21 +152,44 @@ async def test_broadcast_from_a_message_handler(serve: Serve, recorder: Recorder
         assert await listener.receive_str(timeout=TIMEOUT) == "hello all"
 
 
-async def test_an_awaited_broadcast_lets_other_tasks_run(endpoint: Endpoint) -> None:
-    ticks = 0
+BROADCASTING = 0.6
+"""Seconds of broadcasts, one after the other, in the test of the loop's longest hold."""
+
+
+async def test_an_awaited_broadcast_lets_other_tasks_run(
+    endpoint: Endpoint, recorder: Recorder
+) -> None:
+    """A loop of awaited broadcasts holds the event loop only briefly at a time: a ticker task,
+    which wakes up whenever the loop lets it, never waits for more than a small part of the
+    broadcasting (were the loop held throughout, it would wait for all of it)."""
+    host, port = address(endpoint.server)
+    # Raw clients, dropped unread at the end: reading every broadcast would only slow the test.
+    clients = [await RawWebSocket.connect(host, port, "/websocket") for _ in range(3)]
+    for _ in clients:
+        await recorder.connection()
+    loop = asyncio.get_running_loop()
+    wakeups: list[float] = []
 
     async def tick() -> None:
-        nonlocal ticks
         while True:
-            ticks += 1
+            wakeups.append(loop.time())
             await asyncio.sleep(0)
 
     ticker = asyncio.create_task(tick())
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 0.05
-    while loop.time() < end:  # 50 ms of broadcasts, one after the other
-        await endpoint.wsapp.broadcast("to nobody")
+    await until(lambda: bool(wakeups))
+    started = loop.time()
+    broadcasts = 0
+    while loop.time() < started + BROADCASTING:
+        await endpoint.wsapp.broadcast("tick")
+        broadcasts += 1
+    ended = loop.time()
     ticker.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await ticker
-    assert ticks > 0
+    for client in clients:
+        client.abort()
+    during = [started, *(t for t in wakeups if started < t < ended), ended]
+    longest_hold = max(later - earlier for earlier, later in itertools.pairwise(during))
+    assert longest_hold <= BROADCASTING / 3, f"held the loop {longest_hold:.3f} s at once"
+    assert len(during) > 10
+    assert broadcasts > 10

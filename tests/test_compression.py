@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect as websockets_connect
 from websockets.exceptions import ConnectionClosedError
 
 from aiohttp_wsapp import Connection, WebSocketServer
+from aiohttp_wsapp.frames import Payload, SharedDeflater
 
 DEFLATE_OFFER = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")
 STATUS = json.dumps({"service": "api", "healthy": True, "nodes": list(range(600))})
@@ -166,7 +167,19 @@ async def test_a_broadcast_reaches_deflate_and_plain_peers_alike(
             assert await aiohttp_plain.receive_str(timeout=TIMEOUT) == message
 
 
-async def test_a_compressed_broadcast_is_one_frame_for_every_shared_peer(serve: Serve) -> None:
+async def test_a_compressed_broadcast_is_one_frame_for_every_shared_peer(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §3: a broadcast is compressed once for all shared-mode peers. zlib is deterministic,
+    so identical frames do not show it: the shared deflater's compressions are counted."""
+    compressed: list[bytes] = []
+    compress = SharedDeflater.compress
+
+    def counted(self: SharedDeflater, payload: Payload) -> bytes:
+        compressed.append(bytes(payload))
+        return compress(self, payload)
+
+    monkeypatch.setattr(SharedDeflater, "compress", counted)
     recorder = Recorder()
     endpoint = await serve(recorder.on_establish)
     host, port = address(endpoint.server)
@@ -174,14 +187,20 @@ async def test_a_compressed_broadcast_is_one_frame_for_every_shared_peer(serve: 
         await RawWebSocket.connect(host, port, "/websocket", headers=[DEFLATE_OFFER])
         for _ in range(3)
     ]
-    for _ in clients:
+    plain = await RawWebSocket.connect(host, port, "/websocket")
+    for _ in range(4):
         await recorder.connection()
-    await endpoint.wsapp.broadcast(STATUS)
-    frames = [await client.read_message() for client in clients]
-    assert all(frame.rsv1 for frame in frames)
-    assert len({frame.payload for frame in frames}) == 1
-    assert inflate_alone(frames[0].payload) == STATUS.encode()
-    for client in clients:
+    for sent in (1, 2):
+        await endpoint.wsapp.broadcast(STATUS)
+        frames = [await client.read_message() for client in clients]
+        assert all(frame.rsv1 for frame in frames)
+        assert len({frame.payload for frame in frames}) == 1
+        assert inflate_alone(frames[0].payload) == STATUS.encode()
+        plain_frame = await plain.read_message()
+        assert (plain_frame.rsv1, plain_frame.payload) == (False, STATUS.encode())
+        assert len(compressed) == sent, "compressed once per broadcast, not once per peer"
+        assert set(compressed) == {STATUS.encode()}
+    for client in [*clients, plain]:
         await client.close_socket()
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from conftest import Serve
-from support import TIMEOUT, Recorder
+from rawws import until
+from support import TIMEOUT, Recorder, assert_within, within
+from test_lifecycle import server_socket_exists
 from test_limits import open_raw_websocket
 
 from aiohttp_wsapp import Connection, ConnectionClosed, WebSocketServer
@@ -46,16 +51,24 @@ async def test_handlers_of_one_event_run_in_registration_order(serve: Serve) -> 
 
 
 async def test_keyword_form_returns_unregisters_in_argument_order(serve: Serve) -> None:
-    results: asyncio.Future[list[Callable[[], None]]] = asyncio.Future()
+    seen: asyncio.Queue[str] = asyncio.Queue()
 
     def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
-        results.set_result(conn.on(message=print, finish=print, error=print))
+        unregisters = conn.on(
+            finish=lambda c: seen.put_nowait("finish"),
+            message=lambda c, m: seen.put_nowait(f"message {m}"),
+            error=lambda c, e: seen.put_nowait("error"),
+        )
+        assert len(unregisters) == 3
+        unregisters[1]()  # the second argument's: the message handler
+        conn.on("message", lambda c, m: seen.put_nowait(f"witness {m}"))
 
     _, ws = await connect(serve, on_establish)
-    unregisters = await asyncio.wait_for(results, TIMEOUT)
-    assert len(unregisters) == 3
-    assert all(callable(unregister) for unregister in unregisters)
+    await ws.send_str("a")
+    assert await asyncio.wait_for(seen.get(), TIMEOUT) == "witness a"  # not "message a"
     await ws.close()
+    assert await asyncio.wait_for(seen.get(), TIMEOUT) == "finish"  # the first still registered
+    assert seen.empty()
 
 
 async def test_decorator_form_registers_and_returns_the_function(serve: Serve) -> None:
@@ -320,15 +333,38 @@ async def test_awaited_operations_on_a_closed_connection_raise(
 
 
 async def test_operations_not_awaited_on_a_closed_connection_warn_nothing(
-    serve: Serve, recorder: Recorder
+    serve: Serve, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Not awaited, an operation on a closed connection is dropped with a debug line: no
+    "exception was never retrieved" from the loop (a log line, which filterwarnings misses)."""
     _, ws = await connect(serve, recorder.on_establish)
     conn = await recorder.connection()
     await ws.close()
     await recorder.finish()
-    conn.send("dropped")
-    conn.ping()
-    conn.close()  # warnings are errors in this suite: nothing may warn
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda loop, context: reported.append(context["message"]))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aiohttp_wsapp"):
+            conn.send("dropped")
+            conn.send_json(["dropped"])
+            conn.ping()
+            conn.close()
+        gc.collect()  # what was never awaited is freed, and reported if it held an exception
+        await asyncio.sleep(0)
+        assert reported == []
+        # The same check sees a future whose exception nobody retrieved.
+        unretrieved = loop.create_future()
+        unretrieved.set_exception(ConnectionClosed(1000))
+        del unretrieved
+        gc.collect()
+        assert reported == ["Future exception was never retrieved"]
+    finally:
+        loop.set_exception_handler(previous)
+    ours = [r for r in caplog.records if r.name == "aiohttp_wsapp"]
+    assert [r.levelno for r in ours] == [logging.DEBUG] * len(ours)
+    assert len([r for r in ours if "dropped" in r.getMessage()]) >= 3  # send, send_json, ping
 
 
 async def test_ping_reaches_the_peer(serve: Serve) -> None:
@@ -445,20 +481,44 @@ async def test_finish_fires_once_when_the_peer_drops_without_closing(
     assert recorder.finish_count == 1
 
 
-async def test_async_finish_handler_completes_though_the_handler_is_cancelled(
+async def test_finish_handler_completes_though_the_request_handler_is_cancelled(
     serve: Serve,
 ) -> None:
+    """aiohttp cancels a request handler whose peer went away (``handler_cancellation``), and
+    shutdown cancels one still running after ``close_timeout``: a finish handler that is running
+    at that moment still runs to its end (it is shielded)."""
+    handlers: asyncio.Future[asyncio.Task[Any]] = asyncio.Future()
+    finishing, release = asyncio.Event(), asyncio.Event()
     done: asyncio.Future[str] = asyncio.Future()
 
+    interrupted: list[str] = []
+
     async def finish(conn: Connection) -> None:
-        for _ in range(3):
-            await asyncio.sleep(0)  # yield to the loop a few times after the cancellation
+        finishing.set()
+        try:
+            await release.wait()  # the cancellation would land here
+        except asyncio.CancelledError:
+            interrupted.append("cancelled while it ran")
+            raise
         done.set_result("complete")
 
-    _, ws = await connect(serve, lambda c, r, hs: c.on("finish", finish))
-    ws._response.connection.transport.abort()
-    assert await asyncio.wait_for(done, TIMEOUT) == "complete"
+    def on_establish(conn: Connection, request: web.Request, hs: tuple[Any, ...]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.set_result(task)  # on_establish runs in the request handler's task
+        conn.on("finish", finish)
+
+    _, ws = await connect(serve, on_establish)
+    handler = await asyncio.wait_for(handlers, TIMEOUT)
     await ws.close()
+    await asyncio.wait_for(finishing.wait(), TIMEOUT)
+    handler.cancel()
+    await asyncio.wait([handler], timeout=TIMEOUT)  # the request handler stops at once
+    assert handler.done()
+    assert interrupted == []
+    assert not done.done()
+    release.set()
+    assert await asyncio.wait_for(done, TIMEOUT) == "complete"
 
 
 async def test_server_close_while_client_sends(serve: Serve) -> None:
@@ -577,12 +637,20 @@ async def test_peer_that_closes_and_stops_reading_still_finishes(
         for _ in range(12):  # more than the sockets hold, less than send_buffer_limit
             conn.send(b"\x00" * 1024 * 1024)
 
-    server = WebSocketServer(compress=False, close_timeout=0.2)
+    close_timeout = 0.5
+    server = WebSocketServer(compress=False, close_timeout=close_timeout)
     endpoint = await serve(fill, websocket_server=server)
     _, writer = await open_raw_websocket(endpoint)
     await recorder.connection()
+    loop = asyncio.get_running_loop()
+    since = loop.time()
     writer.write(MASKED_CLOSE_1000)  # then never reads what the server sent
-    conn = await recorder.finish()
+    conn = await recorder.finish(timeout=within(close_timeout) + TIMEOUT)
     assert conn.close_code == 1000
+    assert recorder.finished_at[conn] - since <= within(close_timeout)
+    # The server's answer cannot get through: the socket goes when close_timeout ends.
+    await until(lambda: not server_socket_exists(endpoint, writer), within(close_timeout) + TIMEOUT)
+    assert_within(loop.time() - since, close_timeout, at_least=close_timeout)
     writer.close()
-    await writer.wait_closed()
+    with contextlib.suppress(ConnectionResetError):  # the server dropped it with a reset
+        await writer.wait_closed()

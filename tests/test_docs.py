@@ -730,6 +730,15 @@ async def _redis_app(run: Run) -> None:
         await client.close()  # stops the brokers while their Redis still runs
 
 
+@check("redis-by-hand", prepare=_start_redis)
+async def _redis_by_hand(run: Run) -> None:
+    client = await run.client(run["app"])
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_str("routed by hand")  # relayed through Redis to the lobby
+        assert await ws.receive_str() == "routed by hand"
+    await client.close()  # stops the broker while its Redis still runs
+
+
 @check("tuning-server")
 async def _tuning_server(run: Run) -> None:
     wsapp = run["endpoint"][WSAPP_KEY]

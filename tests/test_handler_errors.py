@@ -101,12 +101,10 @@ async def test_error_handler_that_raises_is_logged(
 
 
 async def test_on_establish_that_raises_closes_with_1011_and_finishes(
-    serve: Serve, caplog: pytest.LogCaptureFixture
+    serve: Serve, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    finished: asyncio.Future[Connection] = asyncio.Future()
-
     def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
-        conn.on("finish", finished.set_result)
+        recorder.on_establish(conn, request, results)  # finish counted for the server's life
         raise KeyError("no such user")
 
     endpoint = await serve(on_establish)
@@ -114,7 +112,7 @@ async def test_on_establish_that_raises_closes_with_1011_and_finishes(
         async with endpoint.client.ws_connect("/websocket") as ws:
             message = await ws.receive(TIMEOUT)
             assert (message.type, message.data) == (WSMsgType.CLOSE, 1011)
-        conn = await asyncio.wait_for(finished, TIMEOUT)
+        conn = await recorder.finish()
     assert conn.close_code == 1011
     assert any(r.exc_info and isinstance(r.exc_info[1], KeyError) for r in caplog.records)
 

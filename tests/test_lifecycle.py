@@ -9,6 +9,7 @@ holds megabytes it cannot send, which is what used to keep sockets alive forever
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from aiohttp import web
 from conftest import Endpoint, Serve
 from rawws import Opcode, RawWebSocket, address, build_frame, close_payload, until
-from support import TIMEOUT, Recorder
+from support import EARLY, TIMEOUT, Recorder, assert_within, within
 
 from aiohttp_wsapp import Connection, ConnectionClosed, ConnectionState, WebSocketServer
 
@@ -25,12 +26,14 @@ BULK = b"x" * (12 * 1024 * 1024)
 """More than the kernel buffers for a peer that does not read, less than send_buffer_limit."""
 CLOSE_TIMEOUT = 0.5
 HEARTBEAT = 0.4
+PONG_DEADLINE = HEARTBEAT / 2
+"""SPEC §3: a ping not answered within ``heartbeat / 2`` drops the peer."""
 
 
-def server_socket_exists(endpoint: Endpoint, client: RawWebSocket) -> bool:
+def server_socket_exists(endpoint: Endpoint, client: asyncio.StreamWriter) -> bool:
     """Tell whether the kernel still has the server's end of ``client``'s TCP connection."""
     server_port = endpoint.server.port
-    client_port = client.writer.get_extra_info("sockname")[1]
+    client_port = client.get_extra_info("sockname")[1]
     wanted = (f"{server_port:04X}", f"{client_port:04X}")
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
@@ -67,13 +70,18 @@ async def serve_stuffing(
 
 
 async def assert_dropped(
-    endpoint: Endpoint, recorder: Recorder, client: RawWebSocket
+    endpoint: Endpoint, recorder: Recorder, client: RawWebSocket, *, since: float, after: float
 ) -> Connection:
-    """Wait for ``finish``; check the connection left the endpoint and its socket is gone."""
-    conn = await recorder.finish()
+    """Wait for ``finish``; check the connection left the endpoint and its socket is gone, the
+    socket ``after`` seconds (the settings' figure) after ``since`` (the loop's time), no sooner
+    and at most :func:`support.within` that."""
+    conn = await recorder.finish(timeout=within(after) + TIMEOUT)
     assert conn.state is ConnectionState.CLOSED
     assert conn not in endpoint.wsapp.connections
-    await until(lambda: not server_socket_exists(endpoint, client))
+    assert recorder.finished_at[conn] - since <= within(after)
+    await until(lambda: not server_socket_exists(endpoint, client.writer), within(after) + TIMEOUT)
+    gone = asyncio.get_running_loop().time()
+    assert_within(gone - since, after, at_least=after)
     client.abort()
     return conn
 
@@ -82,8 +90,10 @@ async def test_heartbeat_drops_a_peer_that_stops_reading_and_its_socket(
     serve: Serve, recorder: Recorder
 ) -> None:
     endpoint = await serve_stuffing(serve, recorder, heartbeat=HEARTBEAT)
-    client, _ = await stuffed_peer(endpoint, recorder)
-    conn = await assert_dropped(endpoint, recorder, client)
+    client, conn = await stuffed_peer(endpoint, recorder)
+    # A silent peer is pinged after a heartbeat, and dropped when the pong is late.
+    since = recorder.established_at[conn]
+    await assert_dropped(endpoint, recorder, client, since=since, after=HEARTBEAT + PONG_DEADLINE)
     assert conn.close_code == 1006
 
 
@@ -91,8 +101,9 @@ async def test_heartbeat_finishes_a_handler_blocked_in_send(
     serve: Serve, recorder: Recorder
 ) -> None:
     endpoint = await serve_stuffing(serve, recorder, wait=True, heartbeat=HEARTBEAT)
-    client, _ = await stuffed_peer(endpoint, recorder)
-    conn = await assert_dropped(endpoint, recorder, client)
+    client, conn = await stuffed_peer(endpoint, recorder)
+    since = recorder.established_at[conn]
+    await assert_dropped(endpoint, recorder, client, since=since, after=HEARTBEAT + PONG_DEADLINE)
     assert conn.close_code == 1006
 
 
@@ -100,9 +111,10 @@ async def test_end_of_stream_with_data_queued_finishes_and_frees_the_socket(
     serve: Serve, recorder: Recorder
 ) -> None:
     endpoint = await serve_stuffing(serve, recorder, heartbeat=None)
-    client, _ = await stuffed_peer(endpoint, recorder)
+    client, conn = await stuffed_peer(endpoint, recorder)
+    since = asyncio.get_running_loop().time()
     client.writer.write_eof()
-    conn = await assert_dropped(endpoint, recorder, client)
+    await assert_dropped(endpoint, recorder, client, since=since, after=CLOSE_TIMEOUT)
     assert conn.close_code == 1006
 
 
@@ -117,9 +129,11 @@ async def test_protocol_error_with_data_queued_finishes_and_frees_the_socket(
     serve: Serve, recorder: Recorder, frame: tuple[int, bytes], code: int
 ) -> None:
     endpoint = await serve_stuffing(serve, recorder, heartbeat=None)
-    client, _ = await stuffed_peer(endpoint, recorder)
+    client, conn = await stuffed_peer(endpoint, recorder)
+    since = asyncio.get_running_loop().time()
     client.send_frame(*frame)
-    conn = await assert_dropped(endpoint, recorder, client)
+    # The close frame cannot get through the full buffer: only the deadline ends it.
+    await assert_dropped(endpoint, recorder, client, since=since, after=CLOSE_TIMEOUT)
     assert conn.close_code == code
 
 
@@ -128,9 +142,10 @@ async def test_our_close_with_data_queued_finishes_and_frees_the_socket(
 ) -> None:
     endpoint = await serve_stuffing(serve, recorder, heartbeat=None)
     client, conn = await stuffed_peer(endpoint, recorder)
+    since = asyncio.get_running_loop().time()
     conn.close(1001, "bye")
     assert conn.state.name == "CLOSING"
-    await assert_dropped(endpoint, recorder, client)
+    await assert_dropped(endpoint, recorder, client, since=since, after=CLOSE_TIMEOUT)
     assert (conn.close_code, conn.close_reason) == (1001, "bye")
 
 
@@ -205,33 +220,48 @@ async def test_closed_connection_joins_no_group(serve: Serve, recorder: Recorder
 # -- the keepalive ---------------------------------------------------------------------------
 
 
-async def answer_pings(client: RawWebSocket, pings: list[bytes]) -> None:
-    """Answer every ping the server sends, recording it, until the server closes."""
+PONG_DELAY = HEARTBEAT / 8
+"""How long the answering peer below waits before each pong: the least latency it can show."""
+
+
+async def answer_pings(client: RawWebSocket, pings: list[float], *, delay: float) -> None:
+    """Answer every ping the server sends after ``delay`` seconds, recording the loop's time of
+    its arrival, until the server closes."""
+    loop = asyncio.get_running_loop()
     try:
         while True:
-            frame = await client.read_frame(timeout=TIMEOUT)
+            frame = await client.read_frame(timeout=within(HEARTBEAT) + TIMEOUT)
             if frame.opcode == Opcode.PING:
-                pings.append(frame.payload)
+                pings.append(loop.time())
+                await asyncio.sleep(delay)  # a peer with this much latency
                 client.send_frame(Opcode.PONG, frame.payload)
     except (EOFError, ConnectionError):
         return
 
 
-async def test_heartbeat_pings_a_silent_peer_and_measures_latency(
+async def test_heartbeat_pings_a_silent_peer_every_heartbeat_and_measures_latency(
     serve: Serve, recorder: Recorder
 ) -> None:
-    endpoint = await serve(recorder.on_establish, websocket_server=WebSocketServer(heartbeat=0.2))
+    server = WebSocketServer(heartbeat=HEARTBEAT)
+    endpoint = await serve(recorder.on_establish, websocket_server=server)
     host, port = address(endpoint.server)
     client = await RawWebSocket.connect(host, port, "/websocket")
     conn = await recorder.connection()
     assert conn.latency is None
-    pings: list[bytes] = []
-    answering = asyncio.create_task(answer_pings(client, pings))
-    await until(lambda: conn.latency is not None and len(pings) >= 2)
+    pings: list[float] = []
+    answering = asyncio.create_task(answer_pings(client, pings, delay=PONG_DELAY))
+    # The first round comes a heartbeat after the establishment; each next one a heartbeat
+    # after the pong that ended the round before.
+    await until(lambda: len(pings) >= 1, within(HEARTBEAT) + TIMEOUT)
+    assert_within(pings[0] - recorder.established_at[conn], HEARTBEAT, at_least=HEARTBEAT)
+    await until(lambda: len(pings) >= 3, 2 * within(HEARTBEAT + PONG_DELAY) + TIMEOUT)
     assert conn.state is ConnectionState.OPEN
+    for earlier, later in itertools.pairwise(pings):
+        assert_within(later - earlier - PONG_DELAY, HEARTBEAT, at_least=HEARTBEAT)
     latency = conn.latency
     assert latency is not None
-    assert 0 < latency < TIMEOUT
+    # The round trip of an answered ping: at least the peer's delay, at most the pong deadline.
+    assert PONG_DELAY - EARLY <= latency <= PONG_DEADLINE
     client.send_close(1000)
     await recorder.finish()
     await answering
@@ -241,13 +271,16 @@ async def test_heartbeat_pings_a_silent_peer_and_measures_latency(
 async def test_heartbeat_drops_a_peer_that_does_not_answer(
     serve: Serve, recorder: Recorder
 ) -> None:
-    server = WebSocketServer(heartbeat=0.2, close_timeout=CLOSE_TIMEOUT)
+    server = WebSocketServer(heartbeat=HEARTBEAT, close_timeout=CLOSE_TIMEOUT)
     endpoint = await serve(recorder.on_establish, websocket_server=server)
     host, port = address(endpoint.server)
     client = await RawWebSocket.connect(host, port, "/websocket")
-    assert (await client.read_frame()).opcode == Opcode.PING
-    conn = await recorder.finish()
+    conn = await recorder.connection()
+    assert (await client.read_frame(timeout=within(HEARTBEAT) + TIMEOUT)).opcode == Opcode.PING
+    assert await recorder.finish(timeout=within(HEARTBEAT + PONG_DEADLINE) + TIMEOUT) is conn
     assert conn.close_code == 1006
+    dropped_after = recorder.finished_at[conn] - recorder.established_at[conn]
+    assert_within(dropped_after, HEARTBEAT + PONG_DEADLINE, at_least=HEARTBEAT + PONG_DEADLINE)
     assert await client.wait_eof() == b""
     client.abort()
 
@@ -255,19 +288,22 @@ async def test_heartbeat_drops_a_peer_that_does_not_answer(
 async def test_heartbeat_drops_a_peer_trickling_a_frame_that_never_ends(
     serve: Serve, recorder: Recorder
 ) -> None:
-    server = WebSocketServer(heartbeat=0.2, close_timeout=CLOSE_TIMEOUT)
+    server = WebSocketServer(heartbeat=HEARTBEAT, close_timeout=CLOSE_TIMEOUT)
     endpoint = await serve(recorder.on_establish, websocket_server=server)
     host, port = address(endpoint.server)
     client = await RawWebSocket.connect(host, port, "/websocket")
+    conn = await recorder.connection()
     frame = client_frame_of(1000)
-    finished = asyncio.ensure_future(recorder.finish())
+    finished = asyncio.ensure_future(recorder.finish(within(HEARTBEAT + PONG_DEADLINE) + TIMEOUT))
     for byte in frame:  # one byte at a time, more often than the heartbeat: never a message
         if finished.done():
             break
         client.send_raw(bytes([byte]))
         await asyncio.sleep(0.02)
-    conn = await finished
+    assert await finished is conn
     assert conn.close_code == 1006
+    dropped_after = recorder.finished_at[conn] - recorder.established_at[conn]
+    assert_within(dropped_after, HEARTBEAT + PONG_DEADLINE, at_least=HEARTBEAT + PONG_DEADLINE)
     client.abort()
 
 
@@ -279,21 +315,46 @@ def client_frame_of(size: int) -> bytes:
 async def test_heartbeat_does_not_ping_a_peer_that_keeps_talking(
     serve: Serve, recorder: Recorder
 ) -> None:
-    endpoint = await serve(recorder.on_establish, websocket_server=WebSocketServer(heartbeat=1.0))
+    """A ping needs a whole heartbeat round without a message from the peer.
+
+    The peer talks every 50 ms for three rounds. A loaded machine may stall the process for
+    longer than a round, and the peer is then really silent for a round, as the server sees it;
+    so instead of "no ping at all", the test checks that before every ping there was a round's
+    gap between the messages the server dispatched (none, normally).
+    """
+    loop = asyncio.get_running_loop()
+    dispatched: list[float] = []
+
+    def on_establish(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
+        recorder.on_establish(conn, request, results)
+        conn.on("message", lambda conn, message: dispatched.append(loop.time()))
+
+    endpoint = await serve(on_establish, websocket_server=WebSocketServer(heartbeat=HEARTBEAT))
     host, port = address(endpoint.server)
     client = await RawWebSocket.connect(host, port, "/websocket")
-    await recorder.connection()
-    # 2.5 s of messages, every 50 ms: two heartbeat rounds, with room for a slow machine's stalls
-    for _ in range(50):
+    conn = await recorder.connection()
+    pings: list[float] = []
+
+    async def read_frames() -> None:
+        while (frame := await client.read_frame()).opcode != Opcode.CLOSE:
+            if frame.opcode == Opcode.PING:
+                pings.append(loop.time())
+                client.send_frame(Opcode.PONG, frame.payload)
+
+    reading = asyncio.create_task(read_frames())
+    end = recorder.established_at[conn] + 3 * HEARTBEAT
+    while loop.time() < end:  # three heartbeat rounds of messages, every 50 ms
         client.send_text("still here")
         await asyncio.sleep(0.05)
     client.send_close(1000)
-    frames = []
-    while (frame := await client.read_frame()).opcode != Opcode.CLOSE:
-        frames.append(frame.opcode)
-    assert Opcode.PING not in frames
+    await asyncio.wait_for(reading, TIMEOUT)
     await recorder.finish()
     await client.close_socket()
+    assert len(dispatched) >= 3 * HEARTBEAT / 0.05 / 2, "the peer hardly talked"
+    for ping in pings:
+        heard = [recorder.established_at[conn], *(t for t in dispatched if t < ping), ping]
+        longest_silence = max(later - earlier for earlier, later in itertools.pairwise(heard))
+        assert longest_silence >= HEARTBEAT - EARLY, f"pinged after {longest_silence:.3f} s"
 
 
 # -- logging ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,21 +201,38 @@ async def test_awaited_sends_wait_for_the_socket_to_drain(serve: Serve) -> None:
     assert most_after_await <= 64 * 1024 + len(chunk)
 
 
-async def test_buffered_amount_grows_when_the_peer_does_not_read(
+def kernel_socket_buffers() -> int:
+    """The most the kernel can hold of one loopback TCP connection's data in flight: the largest
+    send buffer of one end plus the largest receive buffer of the other."""
+    largest = [
+        int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+        for name in ("tcp_wmem", "tcp_rmem")
+    ]
+    return sum(largest)
+
+
+async def test_buffered_amount_holds_what_the_peer_does_not_read_until_it_reads(
     serve: Serve, recorder: Recorder
 ) -> None:
-    amounts: asyncio.Future[list[int]] = asyncio.Future()
+    chunk, chunks = 1024 * 1024, 32
+    frame_size = chunk + 10  # a 1 MiB payload has a 10-byte header
 
     def fill(conn: Connection, request: web.Request, results: tuple[Any, ...]) -> None:
-        for _ in range(32):
-            conn.send(b"\x03" * 1024 * 1024)
-        amounts.set_result([conn.buffered_amount])
+        recorder.on_establish(conn, request, results)
+        for _ in range(chunks):
+            conn.send(b"\x03" * chunk)
 
     server = WebSocketServer(compress=False, send_buffer_limit=64 * 1024 * 1024)
     endpoint = await serve(fill, websocket_server=server)
-    _, writer = await open_raw_websocket(endpoint)
-    [amount] = await asyncio.wait_for(amounts, TIMEOUT)
-    assert 0 < amount <= 32 * (1024 * 1024 + 10)
+    reader, writer = await open_raw_websocket(endpoint)
+    conn = await recorder.connection()
+    # What the kernel does not hold for the peer that does not read stays in the buffer.
+    assert chunks * frame_size - kernel_socket_buffers() <= conn.buffered_amount
+    assert conn.buffered_amount <= chunks * frame_size
+    # Once the peer reads everything, nothing is left.
+    received = await asyncio.wait_for(reader.readexactly(chunks * frame_size), TIMEOUT)
+    assert received[10:frame_size] == b"\x03" * chunk
+    await until(lambda: conn.buffered_amount == 0)
     writer.close()
     await writer.wait_closed()
 

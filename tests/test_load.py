@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 from rawws import log_problems, until, wait_for_tasks
+from support import require
 
 from aiohttp_wsapp import WSAPP_KEY, Connection, WebSocketApp, WebSocketServer, create_app
 
@@ -49,8 +50,8 @@ FILES_NEEDED = 4096
 def enough_file_descriptors() -> Any:
     """Raise the soft ``RLIMIT_NOFILE`` to :data:`FILES_NEEDED` for the test, then restore it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < FILES_NEEDED:
-        pytest.skip(f"the hard limit on open files is {hard}, below {FILES_NEEDED}")
+    enough = hard == resource.RLIM_INFINITY or hard >= FILES_NEEDED
+    require(enough, f"the hard limit on open files is {hard}, below {FILES_NEEDED}")
     if soft != resource.RLIM_INFINITY and soft < FILES_NEEDED:
         resource.setrlimit(resource.RLIMIT_NOFILE, (FILES_NEEDED, hard))
     yield

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import WebSocketError
 from aiohttp.test_utils import TestServer
 from conftest import Serve
 from rawws import (
@@ -308,7 +309,8 @@ async def test_close_frame_with_an_invalid_code_closes_with_1002(
 @pytest.mark.xfail(
     reason="aiohttp's frame reader accepts unmasked client frames and delivers them; "
     "RFC 6455 §5.1 says the server MUST close the connection (SPEC.md is silent)",
-    strict=False,
+    raises=AssertionError,  # the echo instead of a close frame; any other failure is a failure
+    strict=True,  # and the day aiohttp refuses them, this says so
 )
 async def test_unmasked_client_frame_closes_with_1002(start: Start, recorder: Recorder) -> None:
     server = await start()
@@ -364,7 +366,9 @@ async def test_protocol_error_fires_error_event_with_the_exception(
     server = await start(**dict(broken_peer.server_options))
     await close_code_after(server, recorder, broken_peer.frames)
     exc = await recorder.error()
-    assert isinstance(exc, Exception)
+    # aiohttp's exception for a peer's protocol error, carrying the close code it earned.
+    assert isinstance(exc, WebSocketError), repr(exc)
+    assert exc.code == broken_peer.code
     await recorder.finish()
     assert recorder.errors == [(recorder.connections[0], exc)]
 
