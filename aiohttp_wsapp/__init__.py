@@ -13,6 +13,7 @@ from .errors import (
     BrokerError,
     ConnectionClosed,
 )
+from .history import History, Position, Recovery
 from .server import WebSocketServer
 
 __version__ = "0.1.0"
@@ -31,6 +32,9 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "ConnectionState",
+    "History",
+    "Position",
+    "Recovery",
     "WebSocketApp",
     "WebSocketServer",
     "__version__",

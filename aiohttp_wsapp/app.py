@@ -23,6 +23,7 @@ from .errors import (
     default_on_error,
 )
 from .handshake import check_opening_handshake, origin_allowed
+from .history import History
 from .hub import Hub
 from .server import WebSocketServer, run_handshake_callback
 from .signatures import check_callback
@@ -61,9 +62,13 @@ class WebSocketApp(Hub[Connection]):
         connections are open. ``None`` sets no limit.
     :param broker: carries broadcasts to other processes (``RedisBroker``); ``None`` delivers
         within this process.
+    :param history: keep every group's recent broadcasts (:class:`History`), so that a client
+        that reconnects can join with ``since=`` its last position and get what it missed;
+        group broadcasts then reach their peers through the history's envelope. Kept in this
+        process without a broker, in Redis with ``RedisBroker``. ``None``: nothing is kept.
     :raises TypeError: a callback is not callable, or its signature cannot take the arguments it
         will be given (``on_establish`` three positional, ``on_error`` one), or an argument has
-        the wrong type.
+        the wrong type (or the broker keeps no history).
     :raises ValueError: ``max_connections`` is not positive.
     """
 
@@ -75,6 +80,7 @@ class WebSocketApp(Hub[Connection]):
         websocket_server: WebSocketServer | None = None,
         max_connections: int | None = None,
         broker: Broker | None = None,
+        history: History | None = None,
     ) -> None:
         check_callback("on_establish", on_establish, "connection, request, handshake_results")
         if on_error is not None:
@@ -88,7 +94,11 @@ class WebSocketApp(Hub[Connection]):
                 raise ValueError("max_connections must be positive")
         if broker is not None and not isinstance(broker, Broker):
             raise TypeError("broker must be a Broker, such as RedisBroker")
-        super().__init__(websocket_server or WebSocketServer(), broker)
+        if history is not None and not isinstance(history, History):
+            raise TypeError("history must be a History")
+        if history is not None and broker is not None and not broker.keeps_history:
+            raise TypeError(f"{type(broker).__name__} keeps no history")
+        super().__init__(websocket_server or WebSocketServer(), broker, history)
         self._on_establish = on_establish
         self._on_error: ErrorHandler = on_error or default_on_error
         self._max_connections = max_connections
@@ -126,6 +136,7 @@ class WebSocketApp(Hub[Connection]):
             writer,
             groups=self._groups,
             forget=self._forget,
+            histories=self._histories,
         )
         self._add(connection)
         if self._shutting_down:  # shutdown began while the 101 was being sent
@@ -223,6 +234,8 @@ class WebSocketApp(Hub[Connection]):
         await self.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        if self._histories is not None:
+            await self._histories.stop()
         await self._stop_broker()
 
     async def shutdown(self) -> None:

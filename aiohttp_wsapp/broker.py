@@ -5,6 +5,10 @@ carries it to every process that shares it, and each process delivers it to its 
 through the ``deliver`` callback it gave the broker on start. Without a broker (the default) the
 endpoint delivers within its own process.
 
+With history (:class:`~.history.History`), the broker also numbers and keeps every group
+broadcast (:meth:`Broker.publish_kept`), hands each back with its position, and reads a group's
+history (:meth:`Broker.read_kept`).
+
 The endpoint also gives the broker a way to read this process's counts (``counts``), and tells it
 whenever they change (:meth:`Broker.counts_changed`), so that :meth:`Broker.count` can add up
 every process's.
@@ -17,16 +21,35 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Broadcast", "Broker", "Counts", "Deliver", "attach", "detach"]
+from .history import History, Position
+
+__all__ = ["Broadcast", "Broker", "Counts", "Deliver", "Kept", "attach", "detach"]
 
 
 @dataclass(frozen=True, slots=True)
 class Broadcast:
-    """One message for every open connection (of ``group``) but those whose id is in ``exclude``."""
+    """One message for every open connection (of ``group``) but those whose id is in ``exclude``.
+
+    ``position``: where a broker that keeps history numbered it (``None`` without history).
+    """
 
     data: str | bytes
     group: str | None = None
     exclude: frozenset[str] = frozenset()
+    position: Position | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What a group's history holds after a position (see :meth:`Broker.read_kept`).
+
+    ``recovered``: ``data`` are the broadcasts after it, every one, in order (else the history
+    no longer reaches back to it, and ``data`` is empty); ``position``: the group's latest.
+    """
+
+    recovered: bool
+    position: Position
+    data: tuple[str | bytes, ...] = ()
 
 
 Deliver = Callable[[Broadcast], None]
@@ -69,6 +92,44 @@ class Broker(abc.ABC):
         Called on every change, so it must cost next to nothing: mark the counts stale, and send
         them later, many changes at once.
         """
+
+    # -- history: optional, for brokers that keep it ----------------------------------------
+
+    keeps_history: bool = False
+    """Whether this broker implements :meth:`publish_kept`, :meth:`read_kept` and
+    :meth:`subscribed`, for an endpoint with history."""
+
+    async def publish_kept(self, broadcast: Broadcast, history: History) -> Position:
+        """Number ``broadcast`` (to a group), keep it, and send it to every process with its
+        position, in one atomic step; return the position.
+
+        Every process, this one included, gets it back through ``deliver`` with its position.
+
+        :raises BrokerError: it could not be published (then it was not kept either).
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no history")
+
+    async def read_kept(self, group: str, since: Position | None, history: History) -> Kept:
+        """Read ``group``'s position and, after ``since``, its kept broadcasts, in one atomic
+        step (``since=None``: the position only).
+
+        :raises BrokerError: the history cannot be read.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no history")
+
+    def on_reconnected(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional
+        """Call ``callback`` whenever the broker has connected again after losing its
+        connection: broadcasts made meanwhile may be missing from what it delivered.
+
+        A broker that keeps history calls it; the endpoint then checks its groups for gaps.
+        """
+
+    async def subscribed(self, group: str) -> None:
+        """Wait until this process receives every broadcast published to ``group`` from now on.
+
+        :raises BrokerError: the connection was lost meanwhile.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no history")
 
     def group_joined(self, group: str) -> None:  # noqa: B027 - optional hook
         """This process now has a member in ``group`` (it had none)."""

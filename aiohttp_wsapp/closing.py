@@ -2,7 +2,9 @@
 
 A connection's life is one state, :class:`ConnectionState`, changed in one place each way:
 :meth:`Closing.start` (OPEN → CLOSING) and :meth:`Closing.finish` (→ CLOSED). Whatever starts the
-closing arms one deadline of ``close_timeout`` that aborts the socket, whatever is still buffered.
+closing arms one deadline of ``close_timeout`` that aborts the socket, whatever is still buffered
+(answering the peer's close with nothing unsent arms it only if the answer is still unsent when
+the connection finishes).
 
 The peer's end of stream reaches the closing through a watch on the transport's protocol
 (:meth:`Closing.watch_transport`). Where aiohttp cannot read the peer's answer to a close (during
@@ -115,11 +117,15 @@ class Closing:
         self._peer_gone = False
         self._gone: asyncio.Future[None] | None = None
 
-    def start(self, code: int, reason: str) -> bool:
+    def start(self, code: int, reason: str, *, answering: bool = False) -> bool:
         """Enter CLOSING with ``code`` and ``reason``; tell whether it was open until now.
 
         The one way out of OPEN: whatever closes the connection comes through here, and arms the
-        deadline after which the socket is aborted, however much it still has to send.
+        deadline after which the socket is aborted, however much it still has to send. Except
+        when ``answering`` the peer's close frame with nothing unsent (no write can wait then):
+        the answer is written at once and the connection finishes right after, and
+        :meth:`finish` arms the deadline only if something is still unsent by then. Mostly
+        nothing is: no timer to arm and cancel for every connection the peer closes.
         """
         if self.state is not OPEN:
             return False
@@ -127,9 +133,13 @@ class Closing:
         # A plain int: Python 3.10 prints a WSCloseCode (an IntEnum) by its name, 3.11+ by number.
         self.code = int(code)
         self.reason = reason
+        if not answering or self._transport.get_write_buffer_size():
+            self._arm_deadline()
+        return True
+
+    def _arm_deadline(self) -> None:
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(self._timeout, abort, self._transport)
-        return True
 
     def drop(self, code: int, reason: str) -> None:
         """Abort the socket now, without a closing handshake."""
@@ -198,8 +208,11 @@ class Closing:
         watch = transport.get_protocol()
         if type(watch) is _Watch:  # aiohttp's own again: no cycle through the closing
             transport.set_protocol(watch.protocol)
-        if self._deadline is not None and not transport.get_write_buffer_size():
-            self._deadline.cancel()
+        if not transport.get_write_buffer_size():
+            if self._deadline is not None:
+                self._deadline.cancel()
+        elif self._deadline is None:  # answering the peer's close armed none
+            self._arm_deadline()
 
     def error(self) -> ConnectionClosed:
         """Return the exception that an operation on the closed connection raises."""

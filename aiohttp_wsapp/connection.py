@@ -35,10 +35,12 @@ from .errors import ConnectionClosed
 from .events import Events, H, Handler, Registration
 from .frames import BroadcastFrames, Opcode, encode_frame
 from .groups import Groups
+from .history import Position, Recovery
 from .hub import Hub
 from .keepalive import Keepalive
 from .receiving import Receiver
-from .sending import Sender
+from .recovery import GroupHistories, check_since
+from .sending import DONE, Sender
 from .upgrade import Response, negotiated_deflater, new_response, read_in_small_chunks
 
 __all__ = ["Connection", "ConnectionState", "Endpoint", "Handler", "Response", "new_response"]
@@ -78,8 +80,10 @@ class Connection:
         *,
         groups: Groups[Connection],
         forget: Callable[[Connection], None],
+        histories: GroupHistories[Connection] | None = None,
     ) -> None:
         self._app = app
+        self._histories = histories
         self._request = request
         self._ws = ws
         transport = request.transport
@@ -270,16 +274,37 @@ class Connection:
 
     # -- groups -----------------------------------------------------------------------------
 
-    def join(self, name: str) -> None:
+    @overload
+    def join(self, name: str, since: None = None) -> Awaitable[None]: ...
+    @overload
+    def join(self, name: str, since: Position) -> Awaitable[Recovery]: ...
+    def join(self, name: str, since: Position | None = None) -> Awaitable[Recovery | None]:
         """Add this connection to the group ``name`` (for :meth:`WebSocketApp.broadcast`).
 
+        With ``since``, the last :class:`Position` its client received, first send it every
+        broadcast to the group after ``since``, in order; broadcasts that arrive meanwhile
+        follow, none lost and none twice. The replay starts at once, awaited or not; the
+        awaitable gives the :class:`Recovery`. When the history no longer reaches back to
+        ``since``, nothing is replayed, ``recovered`` is false and the connection joins all the
+        same: its client should reload. Without ``since``, the result need not be awaited.
         A closed connection joins nothing.
+
+        :raises TypeError: ``since`` is not a :class:`Position`.
+        :raises ValueError: ``since`` is given and the endpoint keeps no history.
+        :raises BrokerError: (awaited) the history cannot be read; the connection is not joined.
         """
         if not isinstance(name, str):
             raise TypeError("a group name is a str")
-        if name not in self._groups and self._closing.state is not CLOSED:
+        if since is not None:
+            check_since(since, self._histories)
+        if self._closing.state is CLOSED:
+            return DONE if since is None else self._sender.dropped("join")
+        if name not in self._groups:
             self._groups |= {name}
             self._registry.add(name, self)
+        if since is None or self._histories is None:
+            return DONE
+        return self._histories.join_since(self, name, since)
 
     def leave(self, name: str) -> None:
         """Remove this connection from the group ``name``; nothing happens if it is not in it."""

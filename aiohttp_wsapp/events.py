@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import logging
 import types
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 
@@ -104,11 +105,12 @@ class Events:
     ``finish`` handler registered runs at once (soon), and others are not kept.
     """
 
-    __slots__ = ("_closed", "_late_finishers", "error", "finish", "message", "owner")
+    __slots__ = ("_closed", "_late_finishers", "_owner", "error", "finish", "message")
 
     def __init__(self, owner: object) -> None:
-        self.owner = owner
-        """The connection whose events these are."""
+        # Weakly: the connection holds its registry, and a cycle would leave every finished
+        # connection, with its request, response and socket, to the garbage collector.
+        self._owner = weakref.ref(owner)
         self.message: tuple[Registration, ...] = ()
         """The ``message`` handlers."""
         self.finish: tuple[Registration, ...] = ()
@@ -117,6 +119,11 @@ class Events:
         """The ``error`` handlers."""
         self._closed = False
         self._late_finishers: set[asyncio.Task[None]] = set()
+
+    @property
+    def owner(self) -> object:
+        """The connection whose events these are (``None`` once it is gone)."""
+        return self._owner()
 
     def on(
         self, event: str | None, handler: Handler | None, /, **handlers: Handler
@@ -207,18 +214,23 @@ class Events:
         self, finishers: tuple[Registration, ...], finished: asyncio.Future[None]
     ) -> None:
         try:
+            owner = self.owner
             for registration in finishers:
-                await self._run_finish_handler(registration)
+                await self._run_finish_handler(registration, owner)
         finally:
             finished.set_result(None)
 
-    async def _run_finish_handler(self, registration: Registration) -> None:
+    async def _run_finish_handler(self, registration: Registration, owner: object) -> None:
         try:
-            await call_each((registration,), self.owner)
+            await call_each((registration,), owner)
         except Exception:
-            logger.exception("a finish handler raised for %r", self.owner)
+            logger.exception("a finish handler raised for %r", owner)
 
     def _run_late_finish(self, registration: Registration) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_finish_handler(registration))
+        # The connection goes in strongly: whoever registered it may let go of it before the
+        # task runs.
+        task = asyncio.get_running_loop().create_task(
+            self._run_finish_handler(registration, self.owner)
+        )
         self._late_finishers.add(task)
         task.add_done_callback(self._late_finishers.discard)

@@ -3,6 +3,9 @@
 It is what a connection's handlers reach as :attr:`Connection.app`: :class:`WebSocketApp` is a
 hub that also answers handshakes. The hub knows its connections only as :class:`Member` objects,
 so that it sits below the connection's module and both can name it.
+
+With history, group broadcasts take the path of :class:`~.recovery.GroupHistories` (numbered,
+kept, wrapped in the envelope); everything else goes as before.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from .broker import Broadcast, Broker, attach, detach
 from .frames import BroadcastFrames, Opcode
 from .groups import Groups
+from .history import History, Position
+from .recovery import GroupHistories, HistoryMember
 from .server import WebSocketServer
 
 __all__ = ["Hub", "Member"]
@@ -25,15 +30,8 @@ _HOLD_LIMIT = 0.001
 """Seconds that awaited broadcasts may hold the event loop before they let other tasks run."""
 
 
-class Member(Hashable, Protocol):
-    """What a hub needs of a connection."""
-
-    @property
-    def id(self) -> str:
-        """Names the connection across every process that shares the broker."""
-
-    def send_broadcast(self, frames: BroadcastFrames) -> None:
-        """Send one broadcast message, in the frame its peers of a kind share."""
+class Member(HistoryMember, Hashable, Protocol):
+    """What a hub needs of a connection (with history: what its replays and gap fills need)."""
 
 
 Connection = TypeVar("Connection", bound=Member)
@@ -62,12 +60,18 @@ class Hub(Generic[Connection]):
     """The open connections of an endpoint in this process, its groups, and broadcast.
 
     ``broker`` carries broadcasts to (and counts from) the other processes that serve the
-    endpoint; ``None`` keeps both within this process. The endpoint (its subclass) adds each
-    connection with :meth:`_add`; a connection joins and leaves groups through :attr:`_groups`
-    and reports its end to :meth:`_forget`.
+    endpoint; ``None`` keeps both within this process. ``history`` keeps every group's recent
+    broadcasts (:attr:`_histories`). The endpoint (its subclass) adds each connection with
+    :meth:`_add`; a connection joins and leaves groups through :attr:`_groups` and reports its
+    end to :meth:`_forget`.
     """
 
-    def __init__(self, websocket_server: WebSocketServer, broker: Broker | None) -> None:
+    def __init__(
+        self,
+        websocket_server: WebSocketServer,
+        broker: Broker | None,
+        history: History | None = None,
+    ) -> None:
         self._server = websocket_server
         self._broker = broker
         self._connections: set[Connection] = set()
@@ -75,10 +79,15 @@ class Hub(Generic[Connection]):
         self._groups: Groups[Connection] = Groups(
             self._group_created, self._group_emptied, self._counts_changed
         )
+        self._histories: GroupHistories[Connection] | None = None
+        if history is not None:
+            self._histories = GroupHistories(history, broker, self._groups.members)
+            if broker is not None:
+                broker.on_reconnected(self._histories.check_gaps)
         self._last_turn = 0.0
         self._turn = _Turn(self)
         self._broker_started = False
-        self._publications: set[asyncio.Task[None]] = set()
+        self._publications: set[asyncio.Task[Any]] = set()
 
     @property
     def websocket_server(self) -> WebSocketServer:
@@ -120,7 +129,7 @@ class Hub(Generic[Connection]):
         *,
         group: str | None = None,
         exclude: Connection | Iterable[Connection] | None = None,
-    ) -> Awaitable[None]:
+    ) -> Awaitable[Position | None]:
         """Send ``data`` to every open connection, or to the members of ``group``.
 
         ``str`` goes as a text frame, ``bytes`` as a binary one, to every target but those in
@@ -136,6 +145,9 @@ class Hub(Generic[Connection]):
         order), and a failure is logged at WARNING. Awaited, it raises the failure; and awaiting
         lets other tasks run, so that a loop of broadcasts does not hold the event loop.
 
+        With history, a broadcast to a group is numbered, kept, and sent through the history's
+        envelope: it returns the broadcast's :class:`Position`. Otherwise it returns ``None``.
+
         :raises TypeError: ``data`` is neither ``str`` nor ``bytes``.
         :raises RuntimeError: the endpoint has a broker that was never started (see
             :meth:`WebSocketApp.setup`).
@@ -145,14 +157,40 @@ class Hub(Generic[Connection]):
             data = bytes(data)
         if not isinstance(data, str | bytes):
             raise TypeError(f"broadcast() takes str or bytes, not {type(data).__name__}")
-        message = Broadcast(data, group, _member_ids(exclude))
+        exclude_ids = _member_ids(exclude)
         broker = self._broker
+        histories = self._histories
+        if group is not None and histories is not None:
+            if broker is None:
+                return _Turn(self, histories.send_here(data, group, exclude_ids))
+            self._check_broker_started()
+            kept = asyncio.get_running_loop().create_task(
+                histories.publish(data, group, exclude_ids)
+            )
+            return _Publication(kept, self._publications)
+        message = Broadcast(data, group, exclude_ids)
         if broker is None:
             self.deliver(message)
             return self._turn
         self._check_broker_started()
         task = asyncio.get_running_loop().create_task(broker.publish(message))
         return _Publication(task, self._publications)
+
+    async def position(self, group: str) -> Position:
+        """Return the latest :class:`Position` of ``group``'s history (offset 0 before its first
+        broadcast).
+
+        Take it before reading your application's state from its database, then join with
+        ``since=`` it: nothing is missed in between.
+
+        :raises ValueError: the endpoint has no history.
+        :raises BrokerError: the broker cannot read it.
+        """
+        if not isinstance(group, str):
+            raise TypeError("a group name is a str")
+        if self._histories is None:
+            raise ValueError("position() needs an endpoint with history=History(...)")
+        return await self._histories.position(group)
 
     async def _let_others_run(self) -> None:
         # A turn of the event loop costs about as much as a small broadcast: take one only
@@ -164,6 +202,9 @@ class Hub(Generic[Connection]):
 
     def deliver(self, broadcast: Broadcast) -> None:
         """Send ``broadcast`` to this process's own connections (a broker calls this)."""
+        if broadcast.position is not None and self._histories is not None:
+            self._histories.deliver(broadcast)
+            return
         if broadcast.group is None:
             targets: Iterable[Connection] = tuple(self._connections)
         else:
@@ -232,6 +273,8 @@ class Hub(Generic[Connection]):
             self._broker.group_joined(name)
 
     def _group_emptied(self, name: str) -> None:
+        if self._histories is not None:
+            self._histories.forget(name)
         if self._broker is not None:
             self._broker.group_left(name)
 
@@ -246,15 +289,17 @@ class Hub(Generic[Connection]):
 
 class _Turn:
     """What a broadcast without a broker returns: delivered already, awaiting it lets other
-    tasks run now and then."""
+    tasks run now and then, and gives the broadcast's position (``None`` without history)."""
 
-    __slots__ = ("_hub",)
+    __slots__ = ("_hub", "_position")
 
-    def __init__(self, hub: Hub[Any]) -> None:
+    def __init__(self, hub: Hub[Any], position: Position | None = None) -> None:
         self._hub = hub
+        self._position = position
 
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._hub._let_others_run().__await__()
+    def __await__(self) -> Generator[Any, None, Position | None]:
+        yield from self._hub._let_others_run().__await__()
+        return self._position
 
 
 class _Publication:
@@ -266,18 +311,18 @@ class _Publication:
 
     __slots__ = ("_awaited", "_task")
 
-    def __init__(self, task: asyncio.Task[None], running: set[asyncio.Task[None]]) -> None:
+    def __init__(self, task: asyncio.Task[Any], running: set[asyncio.Task[Any]]) -> None:
         self._task = task
         self._awaited = False
         running.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(running.discard)
         task.add_done_callback(self._finished)
 
-    def __await__(self) -> Generator[Any, None, None]:
+    def __await__(self) -> Generator[Any, None, Any]:
         self._awaited = True
         return self._task.__await__()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             return
         error = task.exception()  # retrieved here: awaited or not, it is reported once

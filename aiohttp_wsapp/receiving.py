@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType
 
@@ -51,7 +52,7 @@ class Receiver:
         keepalive: Keepalive,
         events: Events,
     ) -> None:
-        self._owner = owner
+        self._owner = weakref.ref(owner)  # weakly: see Sender
         self._ws = ws
         self._closing = closing
         self._sender = sender
@@ -65,7 +66,7 @@ class Receiver:
         events = self._events
         keepalive = self._keepalive
         closing = self._closing
-        owner = self._owner
+        owner = self._owner()
         message_limit = self._message_limit
         while True:
             message = await ws.receive()
@@ -115,11 +116,11 @@ class Receiver:
 
     async def _handler_failed(self, exc: Exception) -> None:
         if isinstance(exc, ConnectionClosed) and self._closing.state is not OPEN:
-            logger.debug("a message handler of %r stopped: the connection closed", self._owner)
+            logger.debug("a message handler of %r stopped: the connection closed", self._owner())
             return
         handlers = self._events.error
         if not handlers:
-            logger.error("a message handler raised for %r", self._owner, exc_info=exc)
+            logger.error("a message handler raised for %r", self._owner(), exc_info=exc)
         else:
             await self._events.report(handlers, exc)
         self._sender.close(WSCloseCode.INTERNAL_ERROR)
@@ -136,13 +137,13 @@ class Receiver:
         if isinstance(code, int):  # aiohttp's WebSocketError: the peer broke the protocol
             await self._peer_failed(exc)
         else:
-            logger.debug("%r lost: %r", self._owner, exc)
+            logger.debug("%r lost: %r", self._owner(), exc)
 
     async def _peer_failed(self, exc: BaseException) -> None:
         """Report a protocol error of the peer: its ``error`` handlers, or one WARNING line."""
         handlers = self._events.error
         if not handlers:
-            logger.warning("%r closed with %s: %s", self._owner, self._closing.code, exc)
+            logger.warning("%r closed with %s: %s", self._owner(), self._closing.code, exc)
         else:
             await self._events.report(handlers, exc)
 
@@ -152,7 +153,7 @@ class Receiver:
             self._closing.close_transport()
             return
         if code == NO_STATUS_RECEIVED or sendable(code):
-            self._closing.start(code, reason)
+            self._closing.start(code, reason, answering=True)
             echoed = WSCloseCode.OK if code == NO_STATUS_RECEIVED else code
             await self._ws.answer_close(echoed)
             return

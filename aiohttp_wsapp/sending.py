@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import weakref
 from collections.abc import Awaitable, Generator
 from typing import Any, Final
 
@@ -99,7 +100,7 @@ class Sender:
     peer negotiated permessage-deflate.
     """
 
-    __slots__ = ("_closing", "_limit", "_transport", "deflater", "owner", "sent")
+    __slots__ = ("_closing", "_limit", "_owner", "_transport", "deflater", "sent")
 
     def __init__(
         self,
@@ -116,10 +117,16 @@ class Sender:
         self._limit = send_buffer_limit
         self.deflater = deflater
         """What compresses this connection's messages; ``None`` without compression."""
-        self.owner = owner
-        """What log lines name."""
+        # Weakly: the connection holds its sender, and a cycle would leave every finished
+        # connection, with its request, response and socket, to the garbage collector.
+        self._owner = weakref.ref(owner)
         self.sent = Sent(transport, writer, closing)
         """What every write returns."""
+
+    @property
+    def owner(self) -> object:
+        """What log lines name: the connection (``None`` once it is gone)."""
+        return self._owner()
 
     def cannot_send(self) -> bool:
         """Tell whether nothing can be sent: the closing started, or the socket is going.

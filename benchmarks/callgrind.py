@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,7 +49,16 @@ from benchmarks.client import (
 from benchmarks.common import raise_nofile_limit
 from benchmarks.sections import replace_section
 
-__all__ = ["TARGETS", "Target", "main", "measure"]
+__all__ = [
+    "TARGETS",
+    "EchoBatch",
+    "EchoPeer",
+    "Target",
+    "free_port",
+    "handshakes",
+    "main",
+    "measure",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -66,6 +76,8 @@ class Target:
     label: str
     module: str
     args: tuple[str, ...] = ()
+    #: Counted only when named with ``--targets``.
+    optional: bool = False
 
 
 #: The servers, raw aiohttp first (the baseline); aiohttp_wsapp with every setting at its
@@ -89,6 +101,13 @@ TARGETS: tuple[Target, ...] = (
         "aiohttp_wsapp, `async def echo(conn, message): await conn.send(message)`",
         "benchmarks.servers.wsapp_defaults",
         ("--handler", "async"),
+    ),
+    Target(
+        "lambda-no-heartbeat",
+        "aiohttp_wsapp, the README's lambda, `heartbeat=None`",
+        "benchmarks.servers.wsapp",
+        ("--handler", "lambda"),
+        optional=True,
     ),
 )
 
@@ -255,10 +274,10 @@ class EchoBatch:
         await asyncio.wait_for(self.done, STEP_TIMEOUT)
 
 
-async def handshakes(server: Callgrind, total: int, concurrency: int) -> None:
+async def handshakes(port: int, total: int, concurrency: int) -> None:
     """``total`` handshakes, ``concurrency`` at a time: open, 101, close, the reply, EOF."""
     loop = asyncio.get_running_loop()
-    request = upgrade_request(server.url)
+    request = upgrade_request(f"ws://{HOST}:{port}/")
     left = total
 
     async def opener() -> None:
@@ -266,7 +285,7 @@ async def handshakes(server: Callgrind, total: int, concurrency: int) -> None:
         while left > 0:
             left -= 1
             _, protocol = await loop.create_connection(
-                lambda: LeanOpener(request, socketio=False), HOST, server.port
+                lambda: LeanOpener(request, socketio=False), HOST, port
             )
             await protocol.ready
             assert protocol.transport is not None
@@ -311,17 +330,17 @@ async def measure_target(
         batch = EchoBatch(plan.size)
         peers = await connect_many(server.url, lambda: EchoPeer(batch), plan.connections)
         await batch.run(peers, plan.cold_messages)
-        await handshakes(server, plan.cold_handshakes, plan.concurrency)
+        await handshakes(server.port, plan.cold_handshakes, plan.concurrency)
         server.instrument()
         await batch.run(peers, plan.warm_messages)
         message = await count_phases(
             server, lambda n: batch.run(peers, n), plan.messages, plan.phases
         )
         await close_all(peers)
-        await handshakes(server, plan.warm_handshakes, plan.concurrency)
+        await handshakes(server.port, plan.warm_handshakes, plan.concurrency)
         handshake = await count_phases(
             server,
-            lambda n: handshakes(server, n, plan.concurrency),
+            lambda n: handshakes(server.port, n, plan.concurrency),
             plan.handshakes,
             plan.phases,
         )
@@ -332,8 +351,15 @@ async def measure_target(
     return {"message": message, "handshake": handshake}
 
 
-def measure(targets: list[Target], plan: Plan, outdir: Path, dump_instr: bool) -> dict[str, Any]:
-    """Count every target in turn; results by target name."""
+def measure(
+    targets: list[Target],
+    plan: Plan,
+    outdir: Path,
+    dump_instr: bool,
+    json_path: Path | None = None,
+) -> dict[str, Any]:
+    """Count every target in turn; results by target name (also to ``json_path`` as they come,
+    so that an interrupted run keeps what it counted)."""
     results = {}
     for target in targets:
         progress(f"{target.name}: counting under callgrind")
@@ -341,6 +367,8 @@ def measure(targets: list[Target], plan: Plan, outdir: Path, dump_instr: bool) -
         results[target.name] = asyncio.run(measure_target(target, plan, outdir, dump_instr))
         took = time.monotonic() - started
         progress(f"{target.name}: {summary(results[target.name])} ({took:.0f} s)")
+        if json_path is not None:
+            json_path.write_text(json.dumps(results, indent=1))
     return results
 
 
@@ -378,25 +406,35 @@ def section(results: dict[str, Any], plan: Plan) -> str:
         rows.append(f"| {' | '.join(cells)} |")
     versions = ", ".join(f"{name} {version}" for name, version in versions_used())
     when = time.strftime("%Y-%m-%d %H:%M")
-    return f"""## Instructions per message and per handshake (callgrind)
-
-Written by `python -m benchmarks.callgrind` on {when} ({versions}). Instructions the server
-process executed, counted by valgrind's callgrind: per echoed {plan.size}-byte text message
-({plan.connections} connections, one message in flight on each, picows client), and per
-handshake ({plan.concurrency} at a time: open, 101, the client's close, the close reply, EOF).
-Every setting at its default: aiohttp_wsapp's heartbeat on, raw aiohttp's
-`WebSocketResponse()`. Each figure is the mean over {plan.phases} phases of {plan.messages:,}
-messages or {plan.handshakes:,} handshakes, each counted apart after a warm-up
-(`callgrind_control --zero`, the work, `--dump`; what an empty phase costs is taken off), so no
-start-up cost is in it; in
-brackets the lowest and highest phase (the garbage collector's full passes fall into some
-phases only). The client runs in another process, not under valgrind. The count does not depend
-on the load of the machine. Ratios are to raw aiohttp (lower is better).
-
-| server | instructions per message | ratio | instructions per handshake | ratio |
-| --- | --- | --- | --- | --- |
-{chr(10).join(rows)}
-"""
+    intro = (
+        f"Written by `python -m benchmarks.callgrind` on {when} ({versions}). Instructions the "
+        f"server process executed, counted by valgrind's callgrind: per echoed {plan.size}-byte "
+        f"text message ({plan.connections} connections, one message in flight on each, picows "
+        f"client), and per handshake ({plan.concurrency} at a time: open, 101, the client's "
+        "close, the close reply, EOF). Every setting at its default: aiohttp_wsapp's heartbeat "
+        "on, raw aiohttp's `WebSocketResponse()`. Each figure is the mean over "
+        f"{plan.phases} phases of {plan.messages:,} messages or {plan.handshakes:,} handshakes, "
+        "each counted apart after a warm-up (`callgrind_control --zero`, the work, `--dump`; "
+        "what an empty phase costs is taken off), so no start-up cost is in it; in brackets the "
+        "lowest and highest phase (the garbage collector's full passes fall into some phases "
+        "only). The client runs in another process, not under valgrind. The count does not "
+        "depend on the load of the machine. Ratios are to raw aiohttp (lower is better)."
+    )
+    header = "| server | instructions per message | ratio | instructions per handshake | ratio |"
+    return (
+        "\n".join(
+            [
+                "## Instructions per message and per handshake (callgrind)",
+                "",
+                textwrap.fill(intro, width=96, break_on_hyphens=False),
+                "",
+                header,
+                "| --- | --- | --- | --- | --- |",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
 
 
 def versions_used() -> list[tuple[str, str]]:
@@ -419,7 +457,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     names = [target.name for target in TARGETS]
     parser.add_argument(
-        "--targets", default=",".join(names), help=f"comma-separated subset of {','.join(names)}"
+        "--targets",
+        default=",".join(target.name for target in TARGETS if not target.optional),
+        help=f"comma-separated, of {','.join(names)} (default: all but the last)",
     )
     parser.add_argument("--messages", type=int, default=5000, help="N echoes (default 5,000)")
     parser.add_argument("--handshakes", type=int, default=500, help="N handshakes (default 500)")
@@ -449,11 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
         outdir = args.keep or Path(scratch)
         outdir.mkdir(parents=True, exist_ok=True)
-        results = measure(targets, plan, outdir, dump_instr=args.keep is not None)
+        results = measure(targets, plan, outdir, args.keep is not None, args.json)
     text = section(results, plan)
     print(text)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     if not args.no_report:
         replace_section(args.output, SECTION, text)
         progress(f"wrote the section to {args.output}")

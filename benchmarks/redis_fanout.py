@@ -134,9 +134,18 @@ VARIANTS = (
 
 
 def throughput_worker(
-    broker_kind: str | None, url: str | None, hiredis: bool, broadcasts: int, publishers: int
+    broker_kind: str | None,
+    url: str | None,
+    hiredis: bool,
+    broadcasts: int,
+    publishers: int,
+    groups: int = 0,
 ) -> None:
-    """Measure one variant in this process; print ``broadcasts/s CPU-µs-per-broadcast``."""
+    """Measure one variant in this process; print ``broadcasts/s CPU-µs-per-broadcast``.
+
+    With ``groups``, publisher ``k`` broadcasts to the group ``g{k % groups}``, of which this
+    process is a member (as far as its broker knows), rather than to everyone.
+    """
     if not hiredis:
         sys.modules["hiredis"] = None  # type: ignore[assignment]  # redis-py sees none
     from aiohttp_wsapp import WebSocketApp
@@ -160,15 +169,17 @@ def throughput_worker(
             if delivered == expected and not all_delivered.done():
                 all_delivered.set_result(None)
 
-        async def publisher(count: int) -> None:
+        async def publisher(count: int, group: str | None) -> None:
             for _ in range(count):
-                await wsapp.broadcast(payload)
+                await wsapp.broadcast(payload, group=group)
 
         async def run(count: int) -> None:
             nonlocal expected, all_delivered
             expected, all_delivered = delivered + count, loop.create_future()
             share = count // publishers
-            await asyncio.gather(*(publisher(share) for _ in range(publishers)))
+            await asyncio.gather(
+                *(publisher(share, f"g{k % groups}" if groups else None) for k in range(publishers))
+            )
             await asyncio.wait_for(all_delivered, ROUND_TIMEOUT)
 
         expected = publishers * (broadcasts // publishers)
@@ -176,6 +187,8 @@ def throughput_worker(
             wsapp.deliver = deliver  # type: ignore[method-assign]  # count what broadcast sends
         else:
             await broker.start(deliver)  # as the application's startup would
+            for k in range(groups):
+                broker.group_joined(f"g{k}")  # as a first member's join would
         try:
             await run(min(broadcasts, 2000))  # warm up: connections, caches
             started, cpu = time.perf_counter(), time.process_time()
@@ -516,13 +529,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--throughput-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--broker", choices=("redis", "cluster"), help=argparse.SUPPRESS)
     parser.add_argument("--hiredis", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--groups", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--redis", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
         serve(args.serve, args.redis)
         return 0
     if args.throughput_worker:
-        throughput_worker(args.broker, args.redis, args.hiredis, args.broadcasts, args.publishers)
+        throughput_worker(
+            args.broker, args.redis, args.hiredis, args.broadcasts, args.publishers, args.groups
+        )
         return 0
     if args.quick:
         args.connections, args.rounds = 200, 5

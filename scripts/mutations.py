@@ -182,11 +182,17 @@ def mutate(package: Path, mutation: Mutation) -> None:
     path.write_text(source.replace(mutation.old, mutation.new))
 
 
+_WITHOUT_WORKING_DIRECTORY = "import sys; del sys.path[0]; "
+"""Started with ``python -c``, Python puts the working directory first on ``sys.path``: there it
+would find the real package, not the mutated copy (``python -P`` says the same from 3.11 on)."""
+
+
 def run_tests(package_parent: Path, tests: tuple[str, ...]) -> tuple[bool, str, float]:
     """Run ``tests`` importing the package from ``package_parent``; tell whether they passed."""
     env = dict(os.environ, PYTHONPATH=str(package_parent), PYTHONDONTWRITEBYTECODE="1")
+    find_package = f"import {PACKAGE}; print({PACKAGE}.__file__)"
     imported = subprocess.run(
-        [sys.executable, "-P", "-c", f"import {PACKAGE}; print({PACKAGE}.__file__)"],
+        [sys.executable, "-c", _WITHOUT_WORKING_DIRECTORY + find_package],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -195,10 +201,11 @@ def run_tests(package_parent: Path, tests: tuple[str, ...]) -> tuple[bool, str, 
     ).stdout.strip()
     if not Path(imported).is_relative_to(package_parent):
         raise CheckError(f"the tests would import {imported}, not the copy in {package_parent}")
+    run_pytest = "import pytest; raise SystemExit(pytest.main(sys.argv[1:]))"
     command = [
         sys.executable,
-        "-P",  # not the working directory first on sys.path: it holds the real package
-        *("-m", "pytest", "-q", "-x", "-p", "no:randomly", "-p", "no:cacheprovider"),
+        *("-c", _WITHOUT_WORKING_DIRECTORY + run_pytest),
+        *("-q", "-x", "-p", "no:randomly", "-p", "no:cacheprovider"),
         *tests,
     ]
     started = time.monotonic()

@@ -9,17 +9,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import random
 import signal
 import socket
+import subprocess
 import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Node", "RedisServer", "free_port", "stop_process"]
+import aiohttp
+from aiohttp import WSMsgType
+from support import TIMEOUT
+
+__all__ = [
+    "ClusterNode",
+    "Node",
+    "NodeClient",
+    "RedisCluster",
+    "RedisServer",
+    "free_port",
+    "stop_process",
+    "wait_for_count",
+    "wait_until",
+]
 
 STARTUP_TIMEOUT = 10.0
 """How long a server or a node may take to accept connections."""
 
+COUNTED_WITHIN = 1.0
+"""SPEC §5: with a Redis broker, a join or leave counts in every process within a second."""
+
 NODE_SCRIPT = Path(__file__).with_name("redis_node.py")
+CLUSTER_NODE_TIMEOUT_MS = 2000
+"""A cluster's ``cluster-node-timeout``: a primary silent this long is failed over."""
 
 
 def free_port() -> int:
@@ -28,6 +54,19 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_cluster_port() -> int:
+    """A loopback port for a cluster node: free, with its bus port (10,000 higher) free too."""
+    while True:
+        with socket.socket() as sock, socket.socket() as bus:
+            port = random.randrange(20000, 55535)
+            try:
+                sock.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
 
 
 async def stop_process(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> None:
@@ -125,11 +164,16 @@ class RedisServer:
 
 
 class Node:
-    """An endpoint with a ``RedisBroker`` in its own OS process (``tests/redis_node.py``)."""
+    """An endpoint with a ``RedisBroker`` (or ``RedisClusterBroker``) in its own OS process
+    (``tests/redis_node.py``)."""
 
-    def __init__(self, redis_url: str, *, prefix: str = "aiohttp_wsapp") -> None:
+    def __init__(
+        self, redis_url: str, *, prefix: str = "aiohttp_wsapp", cluster: bool = False
+    ) -> None:
         self.redis_url = redis_url
         self.prefix = prefix
+        self.cluster = cluster
+        """Whether the node uses ``RedisClusterBroker`` (``redis_url`` is a cluster node's)."""
         self.port = free_port()
         self.process: asyncio.subprocess.Process | None = None
 
@@ -146,6 +190,7 @@ class Node:
             self.redis_url,
             str(self.port),
             self.prefix,
+            *(["cluster"] if self.cluster else []),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -164,3 +209,289 @@ class Node:
             await stop_process(self.process)
             assert self.process.stdout is not None
             await self.process.stdout.read()
+
+
+class ClusterNode:
+    """One ``redis-server`` of a :class:`RedisCluster`, in cluster mode, in a directory of its
+    own (its ``nodes.conf`` survives a kill, so a restarted node rejoins as what it was)."""
+
+    def __init__(self, program: str, directory: Path) -> None:
+        self.program = program
+        self.port = free_cluster_port()
+        self.directory = directory / str(self.port)
+        self.directory.mkdir()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:port``."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The ``redis://`` URL of this node."""
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the server (without waiting for it)."""
+        self.process = subprocess.Popen(
+            [
+                self.program,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(CLUSTER_NODE_TIMEOUT_MS),
+                # A shard without a primary leaves the others serving (and count() counting).
+                "--cluster-require-full-coverage",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                "redis.log",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would, and wait until it is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the server and wait until it is gone (SIGKILL after 10 s)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10.0)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def running(self) -> bool:
+        """Whether the process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def command(self, *args: str) -> str:
+        """Run ``redis-cli`` against this node; return its output."""
+        done = subprocess.run(
+            [self.cli, "-h", "127.0.0.1", "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_TIMEOUT,
+        )
+        return done.stdout
+
+    cli = "redis-cli"
+
+
+class RedisCluster:
+    """Six ``redis-server`` in cluster mode on loopback: three primaries with a replica each.
+
+    Synchronous (for a module-scoped fixture): :meth:`start` runs the nodes, ``redis-cli
+    --cluster create`` and waits for ``cluster_state:ok``.
+    """
+
+    def __init__(self, program: str, cli: str, directory: Path, size: int = 6) -> None:
+        ClusterNode.cli = cli
+        self.cli = cli
+        self.nodes = [ClusterNode(program, directory) for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        """A URL of one node: the broker finds the others."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        """Start the nodes, make them a cluster, and wait until it serves every slot."""
+        for node in self.nodes:
+            node.start()
+        for node in self.nodes:
+            self._wait(lambda node=node: node.command("PING").strip() == "PONG", "PING")
+        done = subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(node.address for node in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
+        self.wait_healthy()
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
+
+    def node(self, address: str) -> ClusterNode:
+        """The node at ``address`` (``host:port``)."""
+        return next(node for node in self.nodes if node.address == address)
+
+    def topology(self) -> dict[str, list[str]]:
+        """Each live primary's address, and its replicas' addresses, as a live node sees them."""
+        for node in self.nodes:
+            if node.running:
+                lines = node.command("CLUSTER", "NODES").splitlines()
+                if lines:
+                    break
+        primaries: dict[str, list[str]] = {}
+        ids: dict[str, str] = {}
+        replicas: list[tuple[str, str]] = []
+        for line in lines:
+            fields = line.split()
+            node_id, address, flags, master = (
+                fields[0],
+                fields[1].split("@")[0],
+                fields[2],
+                fields[3],
+            )
+            if "fail" in flags.split(",") or "fail?" in flags.split(","):
+                continue
+            if "master" in flags:
+                primaries[address] = []
+                ids[node_id] = address
+            elif master != "-":
+                replicas.append((master, address))
+        for master, address in replicas:
+            if master in ids:
+                primaries[ids[master]].append(address)
+        return primaries
+
+    def primary_of(self, slot: int) -> str:
+        """The address of the primary that serves ``slot``, as a live node sees it."""
+        for node in self.nodes:
+            if node.running:
+                for line in node.command("CLUSTER", "NODES").splitlines():
+                    fields = line.split()
+                    if "master" not in fields[2] or "fail" in fields[2]:
+                        continue
+                    for ranges in fields[8:]:
+                        first, _, last = ranges.partition("-")
+                        if first.isdigit() and int(first) <= slot <= int(last or first):
+                            return fields[1].split("@")[0]
+        raise AssertionError(f"no primary serves slot {slot}")
+
+    def wait_healthy(self) -> None:
+        """Wait until every node runs, every slot is served, and every node agrees."""
+
+        def healthy() -> bool:
+            for node in self.nodes:
+                info = node.command("CLUSTER", "INFO")
+                if "cluster_state:ok" not in info or "cluster_known_nodes:6" not in info:
+                    return False
+                if any(
+                    " fail" in line or ",fail" in line
+                    for line in node.command("CLUSTER", "NODES").splitlines()
+                ):
+                    return False
+            return len(self.topology()) == 3
+
+        self._wait(healthy, "cluster_state:ok", timeout=60.0)
+
+    @staticmethod
+    def _wait(condition: Any, what: str, timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis cluster did not reach {what} within {timeout} s")
+            time.sleep(0.05)
+
+
+class NodeClient:
+    """A client of a :class:`Node`: sends commands, and keeps apart replies and broadcasts."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
+        self.ws = ws
+        self.received: deque[str | bytes] = deque()
+
+    async def command(self, do: str, **fields: Any) -> dict[str, Any]:
+        """Send a command; return its reply (keeping what arrives before it for :meth:`next`)."""
+        await self.ws.send_str(json.dumps({"do": do, **fields}))
+        while True:
+            message = await self._receive()
+            if isinstance(message, str) and message.startswith('{"reply"'):
+                reply: dict[str, Any] = json.loads(message)
+                return reply
+            self.received.append(message)
+
+    async def count(self, group: str | None = None) -> int:
+        """What ``await wsapp.count(group)`` returns in the node; fail if it raised."""
+        reply = await self.command("count", group=group)
+        assert reply["reply"] == "count", reply
+        count: int = reply["count"]
+        return count
+
+    async def broadcast(self, data: str, **options: Any) -> None:
+        """Make the node broadcast ``data``; fail if it could not."""
+        assert await self.command("broadcast", data=data, **options) == {"reply": "broadcast"}
+
+    async def next(self) -> str | bytes:
+        """The next message that is not a reply."""
+        if self.received:
+            return self.received.popleft()
+        return await self._receive()
+
+    async def _receive(self) -> str | bytes:
+        message = await self.ws.receive(timeout=TIMEOUT)
+        assert message.type in (WSMsgType.TEXT, WSMsgType.BINARY), message
+        data: str | bytes = message.data
+        return data
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"still not true after {timeout} s: {condition.__name__}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_count(
+    count: Callable[[], Awaitable[int]], expected: int, timeout: float = COUNTED_WITHIN
+) -> float:
+    """Poll ``count()`` until it returns ``expected``; return how long that took.
+
+    Fails after ``timeout`` seconds, showing the last count.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    last = None
+    while (last := await count()) != expected:
+        if loop.time() - start > timeout:
+            raise AssertionError(f"counted {last}, not {expected}, after {timeout} s")
+        await asyncio.sleep(0.01)
+    return loop.time() - start
+
+
+def burst_received_by(
+    tag: str, targets: Sequence[str | None], total: int, groups: Collection[str | None]
+) -> list[str]:
+    """What a member of ``groups`` (``None``: everyone) receives of a node's ``join_and_burst``
+    (see ``tests/redis_node.py``), in call order."""
+    return [f"{tag} {i}" for i in range(total) if targets[i % len(targets)] in groups]
+
+
+async def receive_all(client: NodeClient, count: int) -> list[str | bytes]:
+    """The next ``count`` messages (not replies) that ``client`` receives."""
+    return [await client.next() for _ in range(count)]

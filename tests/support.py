@@ -88,8 +88,9 @@ def check_recorders() -> None:
     """Assert, after the test and its servers are gone, that every connection a recorder saw
     established finished exactly once in its whole life; then forget the recorders.
 
-    A ``finish`` that fires twice, however late, or never, fails the test here (conftest runs it
-    after every fixture, the servers included, has been torn down).
+    A ``finish`` that fires twice (while the test or its servers run, or up to
+    :data:`REPEAT_WINDOW` after they closed), or never, fails the test here: conftest runs this
+    after every fixture, the servers included, has been torn down.
     """
     recorders = list(_recorders)
     _recorders.clear()

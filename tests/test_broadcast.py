@@ -133,7 +133,7 @@ async def test_broadcast_takes_only_str_or_bytes(endpoint: Endpoint) -> None:
 async def test_join_takes_a_string_name(endpoint: Endpoint, recorder: Recorder) -> None:
     _, [conn] = await open_clients(endpoint, recorder, ["/websocket"])
     with pytest.raises(TypeError):
-        conn.join(7)  # type: ignore[arg-type]
+        conn.join(7)  # type: ignore[call-overload]
 
 
 async def test_broadcast_from_a_message_handler(serve: Serve, recorder: Recorder) -> None:

@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import inspect
 import itertools
+import json
 import os
 import re
 import ssl
@@ -766,6 +767,51 @@ async def _tuning_backpressure(run: Run) -> None:
         assert await ws.receive_str() == "done"
 
 
+# -- the checks: recovery -----------------------------------------------------------------------
+
+
+@check("recovery-app")
+async def _recovery_app(run: Run) -> None:
+    from aiohttp_wsapp.history import read_envelope
+
+    assert run.served[0].kwargs == {"port": 8080}
+    client = await run.client()
+    async with client.ws_connect("/ws/lobby") as ann:
+        await ann.send_str("one")
+        _, one, data = read_envelope(await ann.receive_str())
+        assert data == "one"
+    async with client.ws_connect("/ws/lobby") as bob:
+        await bob.send_str("two")  # ann is away
+        _, two, _ = read_envelope(await bob.receive_str())
+        async with client.ws_connect("/ws/lobby", params={"since.lobby": str(one)}) as back:
+            assert read_envelope(await back.receive_str()) == ("lobby", two, "two")
+            assert await back.receive_json() == {"group": "lobby", "position": str(two)}
+            await bob.send_str("three")
+            _, three, data = read_envelope(await back.receive_str())
+            assert (data, three.offset) == ("three", two.offset + 1)
+    # From another epoch (a restarted process): nothing replayed, and the notice is ahead.
+    stale = aiohttp_wsapp.Position("restarted", 9)
+    async with client.ws_connect("/ws/lobby", params={"since.lobby": str(stale)}) as late:
+        assert await late.receive_json() == {"group": "lobby", "position": str(three)}
+
+
+@check("recovery-database")
+async def _recovery_database(run: Run) -> None:
+    from aiohttp_wsapp.history import read_envelope
+
+    app = run["make_scores_app"]()
+    client = await run.client(app)
+    wsapp = app[run["SCOREBOARD"]]
+    await run["score"](wsapp, "home", 1)
+    async with client.ws_connect("/scores") as fan:
+        state = await fan.receive_json()
+        assert state["state"] == {"home": 1, "away": 0}
+        await run["score"](wsapp, "away", 1)
+        _, position, data = read_envelope(await fan.receive_str())
+        assert json.loads(data) == {"team": "away", "goals": 1}
+        assert position.offset == aiohttp_wsapp.Position.parse(state["position"]).offset + 1
+
+
 # -- the checks: migration ----------------------------------------------------------------------
 
 
@@ -954,12 +1000,13 @@ _AUTO = re.compile(r"^\.\. auto(?:class|function|data|exception):: (?P<name>[\w.
 
 
 def public_names() -> dict[str, object]:
-    """Every public name: ``aiohttp_wsapp.__all__``, and ``aiohttp_wsapp.redis.RedisBroker``."""
+    """Every public name: ``aiohttp_wsapp.__all__``, and ``aiohttp_wsapp.redis.__all__``."""
     names: dict[str, object] = {
         name: getattr(aiohttp_wsapp, name) for name in aiohttp_wsapp.__all__
     }
     redis = importlib.import_module("aiohttp_wsapp.redis")
-    names["redis.RedisBroker"] = redis.RedisBroker
+    for name in redis.__all__:
+        names[f"redis.{name}"] = getattr(redis, name)
     return names
 
 

@@ -149,6 +149,19 @@ async def test_our_close_with_data_queued_finishes_and_frees_the_socket(
     assert (conn.close_code, conn.close_reason) == (1001, "bye")
 
 
+async def test_the_peers_close_with_data_queued_finishes_and_frees_the_socket(
+    serve: Serve, recorder: Recorder
+) -> None:
+    # The answer to the peer's close goes into a full buffer: the deadline must bound its flush
+    # (answering arms none when nothing is unsent: here something is).
+    endpoint = await serve_stuffing(serve, recorder, heartbeat=None)
+    client, conn = await stuffed_peer(endpoint, recorder)
+    since = asyncio.get_running_loop().time()
+    client.send_frame(Opcode.CLOSE, close_payload(1000, "done"))
+    await assert_dropped(endpoint, recorder, client, since=since, after=CLOSE_TIMEOUT)
+    assert (conn.close_code, conn.close_reason) == (1000, "done")
+
+
 @pytest.mark.parametrize("code", [1006, 1004, 2999, 5000, 65535])
 async def test_a_close_code_the_peer_may_not_send_is_answered_with_1002(
     serve: Serve, recorder: Recorder, code: int

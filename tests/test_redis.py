@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +13,16 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
-from redis_server import Node, RedisServer, free_port
+from redis_server import (
+    Node,
+    NodeClient,
+    RedisServer,
+    burst_received_by,
+    free_port,
+    receive_all,
+    wait_for_count,
+    wait_until,
+)
 from support import TIMEOUT, require_module
 
 from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, create_app
@@ -32,33 +39,6 @@ COUNTED_WITHIN = 1.0
 """SPEC §5: with ``RedisBroker``, a join or leave counts in every process within a second."""
 PRESENCE_REFRESH = 5.0
 """How often a process rewrites its counts in Redis, and refreshes their expiry (14 s)."""
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"still not true after {timeout} s: {condition.__name__}")
-        await asyncio.sleep(0.02)
-
-
-async def wait_for_count(
-    count: Callable[[], Awaitable[int]], expected: int, timeout: float = COUNTED_WITHIN
-) -> float:
-    """Poll ``count()`` until it returns ``expected``; return how long that took.
-
-    Fails after ``timeout`` seconds, showing the last count.
-    """
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    last = None
-    while (last := await count()) != expected:
-        if loop.time() - start > timeout:
-            raise AssertionError(f"counted {last}, not {expected}, after {timeout} s")
-        await asyncio.sleep(0.01)
-    return loop.time() - start
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -152,47 +132,6 @@ async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
     await asyncio.gather(*(node.stop() for node in started))
 
 
-class NodeClient:
-    """A client of a :class:`Node`: sends commands, and keeps apart replies and broadcasts."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
-        self.ws = ws
-        self.received: deque[str | bytes] = deque()
-
-    async def command(self, do: str, **fields: Any) -> dict[str, Any]:
-        """Send a command; return its reply (keeping what arrives before it for :meth:`next`)."""
-        await self.ws.send_str(json.dumps({"do": do, **fields}))
-        while True:
-            message = await self._receive()
-            if isinstance(message, str) and message.startswith('{"reply"'):
-                reply: dict[str, Any] = json.loads(message)
-                return reply
-            self.received.append(message)
-
-    async def count(self, group: str | None = None) -> int:
-        """What ``await wsapp.count(group)`` returns in the node; fail if it raised."""
-        reply = await self.command("count", group=group)
-        assert reply["reply"] == "count", reply
-        count: int = reply["count"]
-        return count
-
-    async def broadcast(self, data: str, **options: Any) -> None:
-        """Make the node broadcast ``data``; fail if it could not."""
-        assert await self.command("broadcast", data=data, **options) == {"reply": "broadcast"}
-
-    async def next(self) -> str | bytes:
-        """The next message that is not a reply."""
-        if self.received:
-            return self.received.popleft()
-        return await self._receive()
-
-    async def _receive(self) -> str | bytes:
-        message = await self.ws.receive(timeout=TIMEOUT)
-        assert message.type in (WSMsgType.TEXT, WSMsgType.BINARY), message
-        data: str | bytes = message.data
-        return data
-
-
 Connect = Callable[[Node], Awaitable[NodeClient]]
 
 
@@ -279,6 +218,46 @@ async def test_group_broadcast_reaches_only_its_members_in_every_process(
         assert await member.next() == "to everyone"
     for other in (a_other, b_other):
         assert await other.next() == "to everyone"
+
+
+async def test_broadcasts_not_awaited_right_after_a_join_arrive_in_call_order_everywhere(
+    start_node: StartNode, connect: Connect
+) -> None:
+    """SPEC §5: a connection joins a group and, in the same plain handler, broadcasts are made
+    without await, to that group, to everyone and to another group; more on the next turns of the
+    loop, while the join's subscription is being answered. Every member, in both processes,
+    receives what is meant for it in call order. Twenty rounds, each with a new subscription."""
+    rounds, burst, turns = 20, 40, 40
+    a, b = await start_node(), await start_node()
+    joiner, a_side, b_member, b_other = [await connect(node) for node in (a, a, b, b)]
+    for round_ in range(rounds):
+        await b_member.command("join", group=f"fresh {round_}")
+    await b_member.command("join", group="side")
+    # Publish after subscribe: once these come back, both processes listen to every group.
+    await b_member.broadcast("b listens", group="side")
+    assert await b_member.next() == "b listens"
+    await a_side.command("join", group="side")
+    await a_side.broadcast("a listens", group="side")
+    for client in (a_side, b_member):
+        assert await client.next() == "a listens"
+
+    for round_ in range(rounds):
+        group, tag = f"fresh {round_}", f"round {round_}"
+        targets = [group, None, "side", group, None]
+        reply = await joiner.command(
+            "join_and_burst", group=group, targets=targets, burst=burst, turns=turns, tag=tag
+        )
+        assert reply == {"reply": "join_and_burst"}
+        for client, groups in (
+            (joiner, {None, group}),
+            (a_side, {None, "side"}),
+            (b_member, {None, group, "side"}),
+            (b_other, {None}),
+        ):
+            expected = burst_received_by(tag, targets, burst + turns, groups)
+            assert await receive_all(client, len(expected)) == expected, (round_, groups)
+    for client in (joiner, a_side, b_member, b_other):
+        assert not client.received  # nothing more than expected
 
 
 async def test_exclude_is_respected_in_every_process(
@@ -831,3 +810,39 @@ def test_the_url_shown_leaves_out_the_password(redis_module: None) -> None:
     broker = RedisBroker("redis://user:secret@localhost:6379/1")
     assert broker.url == "redis://user@localhost:6379/1"
     assert "secret" not in repr(broker)
+
+
+async def test_the_publisher_settles_each_command_of_a_batch_with_its_own_reply(
+    redis_module: None, redis_server: RedisServer, redis: Redis
+) -> None:
+    # The outbox is where a scripted publish goes (history): one refused command fails alone.
+    from redis.asyncio import Redis as Client
+
+    from aiohttp_wsapp.redis.publisher import Publisher
+
+    client = Client.from_url(redis_server.url)
+    publisher = Publisher(client.connection_pool.make_connection, where=redis_server.url)
+    publisher.start()
+    try:
+
+        def pack(*args: str) -> list[bytes]:
+            parts = [b"*%d\r\n" % len(args)]
+            for arg in args:
+                parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg.encode()))
+            return parts
+
+        replies = [
+            publisher.publish(b"channel", b"first"),
+            publisher.submit(pack("INCR", "counter")),
+            publisher.submit(pack("NO-SUCH-COMMAND")),
+            publisher.submit(pack("INCR", "counter")),
+        ]
+        assert await replies[0] == 0  # PUBLISH: no subscriber
+        assert await replies[1] == 1
+        with pytest.raises(BrokerError, match="Redis refused a command: unknown command"):
+            await replies[2]
+        assert await replies[3] == 2  # in order, after the refused one
+    finally:
+        await publisher.stop()
+        await client.aclose()
+    assert await redis.get("counter") == b"2"

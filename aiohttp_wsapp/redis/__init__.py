@@ -8,6 +8,9 @@ broadcast made in any of them reaches the connections of all of them::
 
     app = create_app(on_establish, broker=RedisBroker("redis://localhost:6379/0"))
 
+On a Redis Cluster (Redis 7 or later), ``RedisClusterBroker("redis://any-node:7000")`` does the
+same through sharded pub/sub.
+
 Install it with the ``redis`` extra: ``pip install aiohttp-wsapp[redis]``, or the ``hiredis``
 extra, which also brings redis-py's parser in C: ``pip install aiohttp-wsapp[hiredis]``.
 
@@ -17,9 +20,13 @@ reconnects. While this process is disconnected, ``broadcast`` raises :class:`Bro
 broadcast reaches no one) and the broker reconnects by itself. Broadcasts that one process makes
 one after the other reach every process, itself included, in that order.
 
-The package, one job per module (all but :mod:`.broker` are package-internal):
+The package, one job per module (all but :mod:`.broker` and :mod:`.cluster` are
+package-internal):
 
 - :mod:`.broker`: :class:`RedisBroker`, which joins the parts below;
+- :mod:`.cluster`: :class:`RedisClusterBroker`, the same on a Redis Cluster, with
+  :mod:`.topology` (which primary serves each slot) and :mod:`.shards` (a subscriber, a
+  publisher and a client per primary);
 - :mod:`.names`: the channel and key names of a prefix;
 - :mod:`.codec`: a broadcast as a channel message, and back;
 - :mod:`.subscriber`: the connection that listens, reconnects, and settles subscriptions;
@@ -29,5 +36,6 @@ The package, one job per module (all but :mod:`.broker` are package-internal):
 """
 
 from .broker import RedisBroker
+from .cluster import RedisClusterBroker
 
-__all__ = ["RedisBroker"]
+__all__ = ["RedisBroker", "RedisClusterBroker"]

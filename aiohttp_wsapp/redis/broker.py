@@ -3,18 +3,24 @@
 The broker joins the package's parts: a :class:`.subscriber.Subscriber` listens to the channels
 this process needs (see :mod:`.names`), a :class:`.publisher.Publisher` sends the broadcasts in
 order (encoded by :mod:`.codec`), and :class:`.presence.Presence` keeps this process's counts.
+With history, :class:`.history.RedisHistory` numbers and keeps group broadcasts through the same
+publisher, and reads the groups' histories.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 
-from ..broker import Broadcast, Broker, Counts, Deliver
+from ..broker import Broadcast, Broker, Counts, Deliver, Kept
 from ..errors import BrokerError
+from ..history import History, Position
 from .client import CLIENT_OPTIONS, LOST, check_arguments, reason, without_password
 from .codec import encode, receive
+from .history import RedisHistory
 from .names import Channels, PresenceKeys
 from .presence import Presence
 from .publisher import Publisher
@@ -59,6 +65,7 @@ class RedisBroker(Broker):
     """Package-internal tuning: this process's counts expire this long after their last write."""
     presence_refresh: float = 5.0
     """Package-internal tuning: this process's counts are rewritten at least this often."""
+    keeps_history = True
 
     def __init__(self, url: str, *, prefix: str = "aiohttp_wsapp") -> None:
         check_arguments("RedisBroker", url, prefix)
@@ -70,6 +77,8 @@ class RedisBroker(Broker):
         self._subscriber: Subscriber | None = None
         self._publisher: Publisher | None = None
         self._presence: Presence | None = None
+        self._history: RedisHistory | None = None
+        self._reconnected: list[Callable[[], None]] = []
 
     @property
     def url(self) -> str:
@@ -107,7 +116,7 @@ class RedisBroker(Broker):
             client.connection_pool.make_connection,
             partial(self._receive, deliver),
             where=self._safe_url,
-            on_connected=presence.changed,  # Redis may have lost the counts, if it restarted
+            on_connected=partial(self._connected_again, presence),
         )
         subscriber.ping_interval = self.ping_interval
         subscriber.subscribe(self._channels.all)
@@ -123,10 +132,17 @@ class RedisBroker(Broker):
             raise
         subscriber.start()
         # Outside the pool: the pool's get and release would cost as much as a PUBLISH.
-        publisher = Publisher(client.connection_pool.make_connection, where=self._safe_url)
+        make_connection: Callable[[], AbstractConnection] = client.connection_pool.make_connection
+        publisher = Publisher(
+            lambda: history.prepare(make_connection()),
+            where=self._safe_url,
+            subscriber=subscriber,
+        )
+        history = RedisHistory(self._channels, client, publisher.submit, where=self._safe_url)
         publisher.start()
         presence.start(counts)
         self._subscriber, self._publisher, self._presence = subscriber, publisher, presence
+        self._history = history
 
     async def stop(self) -> None:
         """Stop listening, close the connections to Redis, and wait until that is done.
@@ -137,6 +153,7 @@ class RedisBroker(Broker):
         withdraw = self._connected
         subscriber, publisher, presence = self._subscriber, self._publisher, self._presence
         self._subscriber = self._publisher = self._presence = None
+        self._history = None
         if subscriber is not None:
             await subscriber.stop()
         if publisher is not None:
@@ -169,9 +186,53 @@ class RedisBroker(Broker):
         subscriber, publisher = self._subscriber, self._publisher
         if subscriber is None or publisher is None or not subscriber.connected:
             raise BrokerError(f"not connected to Redis at {self._safe_url}")
-        if subscriber.settling:
-            await subscriber.settled()
+        # Into the outbox before the first await: the broadcasts leave in the order of the calls.
         await publisher.publish(self._channels.of(broadcast.group), encode(broadcast))
+
+    async def publish_kept(self, broadcast: Broadcast, history: History) -> Position:
+        """Number ``broadcast`` (to a group), keep it in the group's stream and publish it with
+        its position, in one script that goes through the outbox in order with the plain
+        broadcasts; return its position. Every process, this one included, delivers it when it
+        comes back from Redis, in offset order.
+
+        :raises BrokerError: this process is not connected to Redis, or the script failed.
+        """
+        subscriber, keeper = self._subscriber, self._history
+        if subscriber is None or keeper is None or not subscriber.connected:
+            raise BrokerError(f"not connected to Redis at {self._safe_url}")
+        assert broadcast.group is not None
+        return await keeper.publish(broadcast, self._channels.of(broadcast.group), history)
+
+    async def read_kept(self, group: str, since: Position | None, history: History) -> Kept:
+        """Read ``group``'s epoch, offset and, after ``since``, its kept broadcasts, at once.
+
+        :raises BrokerError: this process is not connected to Redis, or the read failed.
+        """
+        keeper = self._history
+        if keeper is None or not self._connected:
+            raise BrokerError(f"not connected to Redis at {self._safe_url}")
+        return await keeper.read(group, since, history)
+
+    def on_reconnected(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the subscription connected again after a loss (the
+        broadcasts of other processes meanwhile were missed)."""
+        self._reconnected.append(callback)
+
+    def _connected_again(self, presence: Presence) -> None:
+        presence.changed()  # Redis may have lost the counts, if it restarted
+        if self._subscriber is not None:  # not the first connection, made by start()
+            for callback in self._reconnected:
+                callback()
+
+    async def subscribed(self, group: str) -> None:
+        """Wait until Redis confirmed this process's subscriptions so far (the group's too).
+
+        :raises BrokerError: this process is not connected to Redis.
+        """
+        subscriber = self._subscriber
+        if subscriber is None or not subscriber.connected:
+            raise BrokerError(f"not connected to Redis at {self._safe_url}")
+        await subscriber.settled()
 
     async def count(self, group: str | None = None) -> int:
         """Return how many connections are open (in ``group``) in every process of this prefix.

@@ -10,6 +10,11 @@ n times    1 byte, the length of the id, then the id (UTF-8)
 the rest   the payload
 =========  ==========================================================================
 
+A broadcast with history (see :mod:`.history`) is published by a script that puts its position
+first: one byte :data:`KEPT` (3), the position as ``str(position)`` writes it, a newline, then
+the message above. The entries of a group's stream hold the kind byte, then the payload
+(:func:`entry_data`).
+
 This module is package-internal: its names are public for the other modules of
 ``aiohttp_wsapp.redis`` and for the tests, not for users.
 """
@@ -21,14 +26,17 @@ import struct
 from typing import Final, Protocol
 
 from ..broker import Broadcast
+from ..history import Position
 
-__all__ = ["ChannelNames", "decode", "encode", "receive"]
+__all__ = ["KEPT", "ChannelNames", "decode", "encode", "encode_head", "entry_data", "receive"]
 
 logger = logging.getLogger("aiohttp_wsapp")
 
 _HEADER: Final = struct.Struct("!BI")
 _TEXT: Final = 1
 _BINARY: Final = 2
+KEPT: Final = 3
+"""The first byte of a message that carries its position: a broadcast with history."""
 
 
 class ChannelNames(Protocol):
@@ -43,6 +51,16 @@ def encode(broadcast: Broadcast) -> bytes:
 
     :raises ValueError: an excluded connection id is longer than 255 bytes.
     """
+    head, payload = encode_head(broadcast)
+    return head + payload
+
+
+def encode_head(broadcast: Broadcast) -> tuple[bytes, bytes]:
+    """Encode a broadcast as :func:`encode` does, in two parts: the header with the excluded ids
+    (its first byte is the kind of the payload), and the payload.
+
+    :raises ValueError: an excluded connection id is longer than 255 bytes.
+    """
     data = broadcast.data
     kind, payload = (_TEXT, data.encode()) if isinstance(data, str) else (_BINARY, data)
     parts = [_HEADER.pack(kind, len(broadcast.exclude))]
@@ -51,8 +69,20 @@ def encode(broadcast: Broadcast) -> bytes:
         if len(raw) > 255:
             raise ValueError(f"connection id too long: {connection_id!r}")
         parts += (bytes((len(raw),)), raw)
-    parts.append(payload)
-    return b"".join(parts)
+    return b"".join(parts), payload
+
+
+def entry_data(entry: bytes) -> str | bytes:
+    """The data of a history entry: its kind byte, then the payload.
+
+    :raises ValueError: the kind is unknown.
+    """
+    kind = entry[:1]
+    if kind == bytes((_TEXT,)):
+        return entry[1:].decode()
+    if kind == bytes((_BINARY,)):
+        return entry[1:]
+    raise ValueError(f"a history entry of unknown kind {kind!r}")
 
 
 def decode(message: bytes, group: str | None) -> Broadcast:
@@ -60,25 +90,36 @@ def decode(message: bytes, group: str | None) -> Broadcast:
 
     :raises ValueError: the message is malformed.
     """
+    position = None
+    if message[:1] == bytes((KEPT,)):
+        position, message = _split_kept(message)
     try:
         kind, count = _HEADER.unpack_from(message)
     except struct.error:
         raise ValueError("message shorter than its header") from None
     if kind not in (_TEXT, _BINARY):
         raise ValueError(f"unknown message kind {kind}")
-    position = _HEADER.size
+    index = _HEADER.size
     exclude = []
     for _ in range(count):
-        if position >= len(message):
+        if index >= len(message):
             raise ValueError("message shorter than its list of excluded ids")
-        end = position + 1 + message[position]
+        end = index + 1 + message[index]
         if end > len(message):
             raise ValueError("message shorter than its list of excluded ids")
-        exclude.append(message[position + 1 : end].decode())
-        position = end
-    payload = message[position:]
+        exclude.append(message[index + 1 : end].decode())
+        index = end
+    payload = message[index:]
     data: str | bytes = payload.decode() if kind == _TEXT else payload
-    return Broadcast(data, group, frozenset(exclude))
+    return Broadcast(data, group, frozenset(exclude), position)
+
+
+def _split_kept(message: bytes) -> tuple[Position, bytes]:
+    """The position that a message of a broadcast with history starts with, and the rest."""
+    newline = message.find(b"\n", 1, 100)
+    if newline < 0:
+        raise ValueError("a broadcast with history without its position")
+    return Position.parse(message[1:newline].decode("ascii")), message[newline + 1 :]
 
 
 def receive(channels: ChannelNames, channel: bytes, message: bytes) -> Broadcast | None:

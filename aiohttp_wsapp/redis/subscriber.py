@@ -9,8 +9,10 @@ waiting, and a reply costs no timer.
 
 Publish after subscribe: every change (subscribe or unsubscribe one channel) is one command with
 one answer, in order. :meth:`Subscriber.settled` waits for the answers to the changes made so
-far, so that a process that has just joined a group is subscribed to the group's channel before
-its own broadcast to that group goes out, and gets it back.
+far; :meth:`Subscriber.answered_up_to` for those up to a mark (:attr:`Subscriber.requested` at
+some moment). The publisher holds each broadcast until the changes made before its call are
+answered (see :mod:`.publisher`), so that a process that has just joined a group is subscribed
+to the group's channel before its own broadcast to that group goes out, and gets it back.
 
 This module is package-internal: its names are public for the other modules of
 ``aiohttp_wsapp.redis``, not for users.
@@ -22,7 +24,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -94,10 +95,11 @@ class Subscriber:
         # answers to the changes made before it.
         self._requested = 0
         self._answered = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._heard = False  # set by _receive on every reply, cleared by _watch at every look
         self._connection: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()  # set while connected
 
     # -- what the broker asks for -------------------------------------------------------------
 
@@ -116,20 +118,38 @@ class Subscriber:
         self.channels.discard(channel)
 
     @property
-    def settling(self) -> bool:
-        """Whether changes made so far still wait for their answer."""
-        return self._answered < self._requested
+    def requested(self) -> int:
+        """How many changes were made so far: the mark that :meth:`answered_up_to` waits for."""
+        return self._requested
+
+    def answered(self, mark: int) -> bool:
+        """Whether the server has answered the first ``mark`` changes (or a connection made
+        after them covered them)."""
+        return self._answered >= mark
+
+    async def answered_up_to(self, mark: int) -> None:
+        """Wait until :meth:`answered` is true for ``mark``.
+
+        :raises BrokerError: the connection is lost, or was lost meanwhile.
+        """
+        if self.answered(mark):
+            return
+        if not self.connected:
+            raise BrokerError(f"lost the connection to Redis at {self.where}")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((mark, waiter))
+        await waiter
 
     async def settled(self) -> None:
         """Wait until the server has answered every change made so far.
 
         :raises BrokerError: the connection was lost meanwhile.
         """
-        if not self.settling:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((self._requested, waiter))
-        await waiter
+        await self.answered_up_to(self._requested)
+
+    async def until_connected(self) -> None:
+        """Wait until the connection is up and subscribed."""
+        await self._up.wait()
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -146,7 +166,10 @@ class Subscriber:
         try:
             async with timeout(ANSWER_TIMEOUT):
                 await _connect(connection)
-                if channels:
+                if self._sharded:  # one slot per SSUBSCRIBE
+                    for channel in channels:
+                        await connection.send_command(self._subscribe, channel)
+                elif channels:
                     await connection.send_command(self._subscribe, *channels)
                 unconfirmed = set(channels)
                 while unconfirmed:
@@ -160,10 +183,12 @@ class Subscriber:
         self._answered = requested
         self._backoff.reset()
         self.connected = True
+        self._up.set()
         self._on_connected()
 
     def start(self) -> None:
-        """Listen on the connection :meth:`connect` made, and reconnect when it is lost."""
+        """Listen on the connection :meth:`connect` made (or connect first, trying until it
+        succeeds), and reconnect when it is lost."""
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"Redis subscriber {self.where}"
         )
@@ -182,6 +207,8 @@ class Subscriber:
     async def _run(self) -> None:
         """Listen on the connection; when it is lost, connect again."""
         while True:
+            if self._connection is None:
+                await self._reconnect()
             assert self._connection is not None
             try:
                 await self._serve(self._connection)
@@ -194,7 +221,7 @@ class Subscriber:
             finally:
                 self._disconnected()
                 await self._close()
-            await self._reconnect()
+            await self._backoff.wait()
 
     async def _close(self) -> None:
         connection, self._connection = self._connection, None
@@ -203,9 +230,8 @@ class Subscriber:
                 await connection.disconnect()
 
     async def _reconnect(self) -> None:
-        """Connect anew, waiting longer after each failed attempt."""
+        """Connect, trying again after each failure, waiting longer each time."""
         while True:
-            await self._backoff.wait()
             try:
                 await self.connect()
             except LOST as exc:
@@ -215,8 +241,9 @@ class Subscriber:
                     reason(exc),
                     self._backoff.delay,
                 )
+                await self._backoff.wait()
             else:
-                logger.info("reconnected to Redis at %s", self.where)
+                logger.info("connected to Redis at %s", self.where)
                 return
 
     async def _serve(self, connection: AbstractConnection) -> None:
@@ -299,14 +326,20 @@ class Subscriber:
     def _answer(self) -> None:
         """The server answered the oldest change not yet answered."""
         self._answered += 1
-        while self._waiters and self._waiters[0][0] <= self._answered:
-            _, waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        # The marks are not in order: settled() may wait for a later mark than a publication
+        # made before it and still waiting to be sent.
+        answered = self._answered
+        if any(mark <= answered for mark, _ in self._waiters):
+            waiting = self._waiters
+            self._waiters = [(mark, waiter) for mark, waiter in waiting if mark > answered]
+            for mark, waiter in waiting:
+                if mark <= answered and not waiter.done():
+                    waiter.set_result(None)
 
     def _disconnected(self) -> None:
         self.connected = False
-        waiters, self._waiters = self._waiters, deque()
+        self._up.clear()
+        waiters, self._waiters = self._waiters, []
         for _, waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(BrokerError(f"lost the connection to Redis at {self.where}"))

@@ -16,15 +16,24 @@ processes share their rooms::
     python examples/chat/server.py --port 8080 --redis redis://localhost:6379
     python examples/chat/server.py --port 8081 --redis redis://localhost:6379
 
-Restart a server while pages are open: they reconnect by themselves, with backoff.
+Restart a server while pages are open: they reconnect by themselves, with backoff, and get
+what they missed meanwhile. The rooms keep their recent broadcasts
+(``history=History(...)``): the page (``static/wsapp-client.js``, the reference client) sends
+the last position it received in its query string (``since.<room>=<position>``), and the server
+joins the room since that position, so that the page shows every message once, in order, even
+after its server died and it reconnected to another one. When the history no longer reaches back
+that far, the page says that it missed messages.
 
 The page shows how many are in the room, counted in every process with ``await
 wsapp.count(room)``: with ``--redis``, the people in the room on the other servers count too.
 
-Messages are JSON text frames. The page sends ``{"type": "message", "text": "..."}``; the server
-sends ``{"type": "join" | "leave", "name": "..."}``, each followed by ``{"type": "presence",
-"count": n}`` (how many are in the room now), ``{"type": "message", "name": "...",
-"text": "..."}`` and, to one connection only, ``{"type": "error", "text": "..."}``.
+Messages are JSON text frames. The page sends ``{"type": "message", "text": "..."}``; the room
+gets, in the history's default envelope (``{"group": room, "position": "...", "data": event}``,
+``event`` a JSON text), ``{"type": "join" | "leave", "name": "..."}``, each followed by
+``{"type": "presence", "count": n}`` (how many are in the room now), and ``{"type": "message",
+"name": "...", "text": "..."}``. One connection only gets ``{"type": "error", "text": "..."}``,
+and, after a join since a position, ``{"group": room, "position": "..."}``: where the room is,
+so that the page learns at once whether it missed something.
 """
 
 from __future__ import annotations
@@ -37,9 +46,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
-from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, WebSocketServer
+from aiohttp_wsapp import BrokerError, Connection, History, WebSocketApp, WebSocketServer
+from aiohttp_wsapp.history import since_positions
 
 __all__ = ["ROOMS", "main", "make_app"]
 
@@ -82,10 +92,25 @@ def check_member(request: web.Request, response: web.WebSocketResponse) -> Membe
 async def on_establish(
     conn: Connection, request: web.Request, handshake_results: tuple[object, ...]
 ) -> None:
-    """Put the connection in its room, announce it there, and relay what it says."""
+    """Put the connection in its room, announce it there, and relay what it says.
+
+    A page that reconnects sends the last position it received: it joins since that position,
+    gets what it missed, and is not announced again.
+    """
     (member,) = handshake_results
     assert isinstance(member, Member)
-    conn.join(member.room)
+    since = since_positions(request.query).get(member.room)
+    if since is not None:
+        try:
+            recovery = await conn.join(member.room, since=since)
+        except BrokerError as exc:
+            log.warning("cannot read the history of room %r: %s", member.room, exc)
+            await conn.close(WSCloseCode.TRY_AGAIN_LATER, "history unreachable")
+            return
+        # Where the room is: the page compares it with its own last position.
+        conn.send_json({"group": member.room, "position": str(recovery.position)})
+    else:
+        conn.join(member.room)
 
     async def on_message(conn: Connection, message: str | bytes) -> None:
         text = _chat_text(message)
@@ -102,7 +127,8 @@ async def on_establish(
         await _announce_presence(conn, member.room)
 
     conn.on(message=on_message, finish=on_finish)
-    await _announce(conn, member.room, {"type": "join", "name": member.name})
+    if since is None:
+        await _announce(conn, member.room, {"type": "join", "name": member.name})
     await _announce_presence(conn, member.room)
 
 
@@ -161,7 +187,10 @@ def make_app(redis_url: str | None = None) -> web.Application:
         broker = RedisBroker(redis_url, prefix="aiohttp_wsapp.examples.chat")
     # The messages are small; a larger frame is not from our page.
     server = WebSocketServer(handshake=check_member, max_payload_size=16 * 1024)
-    rooms = WebSocketApp(on_establish, websocket_server=server, broker=broker)
+    # Each room keeps its last 1,000 messages for 5 minutes: a page away for less gets them.
+    rooms = WebSocketApp(
+        on_establish, websocket_server=server, broker=broker, history=History(size=1000, ttl=300)
+    )
     app = web.Application()
     app[ROOMS] = rooms
     app.router.add_get("/", index)

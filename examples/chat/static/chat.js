@@ -1,8 +1,9 @@
-// The chat page: one WebSocket to /ws/<room>?name=<name>, reconnecting with backoff.
+// The chat page: one WebSocket to /ws/<room>?name=<name>, through the reference client
+// (wsapp-client.js), which reconnects with backoff and recovers what the page missed.
 // User text only ever goes into the page through textContent, never as HTML.
-"use strict";
+import { WsappClient } from "./wsapp-client.js";
 
-const MIN_DELAY = 500; // ms before the first reconnect attempt
+const MIN_DELAY = 500; // ms: the first reconnect waits up to this long
 const MAX_DELAY = 10000; // backoff stops growing here
 
 const $ = (id) => document.getElementById(id);
@@ -16,7 +17,7 @@ const statusLine = $("status");
 const presence = $("presence");
 const messages = $("messages");
 
-// The current membership; a socket of an older one is ignored, so switching rooms
+// The current membership; a client of an older one is closed, so switching rooms
 // never triggers a reconnect of the room we left.
 let session = null;
 
@@ -38,51 +39,38 @@ function setPresence(count) {
 
 function socketUrl(name, room) {
   const url = new URL(`/ws/${encodeURIComponent(room)}`, location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   url.searchParams.set("name", name);
   return url;
 }
 
-function connect(current) {
-  setStatus("connecting", `Connecting to ${current.room}…`);
-  const socket = new WebSocket(socketUrl(current.name, current.room));
-  let opened = false;
-  current.socket = socket;
-  socket.addEventListener("open", () => {
-    if (session !== current) return;
-    opened = true;
-    current.delay = MIN_DELAY;
-    setStatus("connected", `In room ${current.room} as ${current.name}`);
-    textInput.focus();
-  });
-  socket.addEventListener("message", (event) => {
-    if (session === current) show(JSON.parse(event.data), current);
-  });
-  socket.addEventListener("close", () => {
-    if (session !== current) return;
-    setPresence(null); // until the server counts again
-    // Closed before it opened: the server is down, or refused the handshake (a page
-    // cannot tell which: browsers hide the HTTP status of a failed WebSocket handshake).
-    reconnectLater(current, opened ? "Disconnected" : "Cannot connect");
-  });
-}
-
-function reconnectLater(current, why) {
-  // Jitter spreads the reconnects of many pages after a server restart.
-  const wait = Math.round(current.delay * (0.5 + Math.random() / 2));
-  current.delay = Math.min(current.delay * 2, MAX_DELAY);
-  const seconds = Math.max(1, Math.round(wait / 1000));
-  setStatus("reconnecting", `${why}; trying again in ${seconds} s…`);
-  current.timer = setTimeout(() => connect(current), wait);
-}
-
 function join(name, room) {
   leave();
-  session = { name, room, socket: null, timer: null, delay: MIN_DELAY };
   messages.replaceChildren();
   // A shareable address: reloading it rejoins the same room under the same name.
   history.replaceState(null, "", `?${new URLSearchParams({ name, room })}`);
-  connect(session);
+  const current = { name, room, client: null };
+  session = current;
+  // The reference client reconnects by itself, rejoining the room since the last message
+  // received: the room's messages arrive once each, in order, across reconnects.
+  current.client = new WsappClient(socketUrl(name, room), {
+    minDelay: MIN_DELAY,
+    maxDelay: MAX_DELAY,
+    onBroadcast: (group, data) => show(JSON.parse(data), current),
+    onMessage: (frame) => show(JSON.parse(frame), current),
+    onGap: () => show({ type: "gap" }, current),
+    onStatus: (state, detail) => {
+      if (state === "open") {
+        setStatus("connected", `In room ${room} as ${name}`);
+        textInput.focus();
+      } else if (state === "waiting") {
+        setPresence(null); // until the server counts again
+        const seconds = Math.max(1, Math.round(detail.wait / 1000));
+        setStatus("reconnecting", `Disconnected; trying again in ${seconds} s…`);
+      } else {
+        setStatus("connecting", `Connecting to ${room}…`);
+      }
+    },
+  });
 }
 
 function leave() {
@@ -90,8 +78,7 @@ function leave() {
   setPresence(null);
   const old = session;
   session = null;
-  clearTimeout(old.timer);
-  if (old.socket !== null) old.socket.close(1000, "left the room");
+  old.client.close(1000, "left the room");
 }
 
 function element(tag, className, text) {
@@ -102,6 +89,7 @@ function element(tag, className, text) {
 }
 
 function show(event, current) {
+  if (session !== current) return;
   if (event.type === "presence") {
     setPresence(event.count);
     return;
@@ -117,6 +105,8 @@ function show(event, current) {
     item.append(element("span", "notice", `${event.name} left`));
   } else if (event.type === "error") {
     item.append(element("span", "notice", event.text));
+  } else if (event.type === "gap") {
+    item.append(element("span", "notice", "Some messages were missed: the server no longer has them"));
   } else {
     return; // a newer server's event this page does not know: skip it
   }
@@ -132,9 +122,8 @@ joinForm.addEventListener("submit", (event) => {
 sendForm.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = textInput.value;
-  if (!text.trim() || session === null || session.socket.readyState !== WebSocket.OPEN) return;
-  session.socket.send(JSON.stringify({ type: "message", text }));
-  textInput.value = "";
+  if (!text.trim() || session === null) return;
+  if (session.client.send(JSON.stringify({ type: "message", text }))) textInput.value = "";
 });
 
 // Prefill from the address (?name=…&room=…); join at once when both are there.
