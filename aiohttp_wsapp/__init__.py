@@ -15,6 +15,7 @@ from .errors import (
 )
 from .history import History, Position, Recovery
 from .server import WebSocketServer
+from .stats import Stats
 
 __version__ = "0.1.0"
 """The version of the package."""
@@ -35,6 +36,7 @@ __all__ = [
     "History",
     "Position",
     "Recovery",
+    "Stats",
     "WebSocketApp",
     "WebSocketServer",
     "__version__",

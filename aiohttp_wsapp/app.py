@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .broker import Broker
 from .connection import Connection, new_response
+from .draining import Drain, check_period
 from .errors import (
     ERROR_KEY,
     HANDSHAKE_ERROR_KEY,
@@ -27,6 +28,7 @@ from .history import History
 from .hub import Hub
 from .server import WebSocketServer, run_handshake_callback
 from .signatures import check_callback
+from .stats import Counters
 
 __all__ = ["WSAPP_KEY", "ErrorHandler", "EstablishHandler", "WebSocketApp", "create_app"]
 
@@ -98,11 +100,21 @@ class WebSocketApp(Hub[Connection]):
             raise TypeError("history must be a History")
         if history is not None and broker is not None and not broker.keeps_history:
             raise TypeError(f"{type(broker).__name__} keeps no history")
-        super().__init__(websocket_server or WebSocketServer(), broker, history)
+        handshake_errors = (
+            NOT_SUPPORTED,
+            INVALID_REQUEST,
+            ORIGIN_NOT_ALLOWED,
+            TOO_MANY_CONNECTIONS,
+            SHUTTING_DOWN,
+        )
+        super().__init__(
+            websocket_server or WebSocketServer(), broker, Counters(handshake_errors), history
+        )
         self._on_establish = on_establish
         self._on_error: ErrorHandler = on_error or default_on_error
         self._max_connections = max_connections
         self._shutting_down = False
+        self._drain: Drain | None = None
         self._preparing = 0
 
     # -- requests ---------------------------------------------------------------------------
@@ -136,18 +148,22 @@ class WebSocketApp(Hub[Connection]):
             writer,
             groups=self._groups,
             forget=self._forget,
+            counters=self._counters,
             histories=self._histories,
         )
+        self._counters.handshakes_accepted += 1
         self._add(connection)
         if self._shutting_down:  # shutdown began while the 101 was being sent
             connection.go_away()
+        elif self._drain is not None:  # ... or a drain did
+            self._drain.close_late(connection)
         await connection.serve(self._on_establish, handshake_results)
         return response
 
     def _admit(self, request: web.Request) -> None:
         if request.transport is None:
             raise _HandshakeFailed(NOT_SUPPORTED)
-        if self._shutting_down:
+        if self._shutting_down or self._drain is not None:
             raise _HandshakeFailed(SHUTTING_DOWN)
         max_connections = self._max_connections
         if (
@@ -191,11 +207,16 @@ class WebSocketApp(Hub[Connection]):
         if failure.cause is not None:
             request[HANDSHAKE_ERROR_KEY] = failure.cause
         logger.debug("handshake refused (%s): %r", failure.error, failure.cause)
+        self._counters.refused(failure.error)
         response = self._on_error(request)
         if inspect.isawaitable(response):
             response = await response
         if not isinstance(response, web.StreamResponse):
             raise TypeError(f"on_error returned {type(response).__name__}, not a response")
+        drain = self._drain
+        if failure.error == SHUTTING_DOWN and drain is not None and not response.prepared:
+            # When to try again: once the drain is over (unless on_error said when).
+            response.headers.setdefault("Retry-After", drain.retry_after())
         return response
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -228,6 +249,7 @@ class WebSocketApp(Hub[Connection]):
 
     async def _on_startup(self, app: web.Application) -> None:
         self._shutting_down = False
+        self._drain = None
         await self._start_broker()
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -258,6 +280,23 @@ class WebSocketApp(Hub[Connection]):
                 connection.stop()  # its handler may be waiting on something else entirely
         if late:
             await asyncio.wait(late, timeout=timeout)
+
+    async def drain(self, over: float = 30.0) -> None:
+        """Empty the endpoint before a deploy: close every connection, a few at a time.
+
+        From the call on, new handshakes are refused with ``SHUTTING_DOWN`` (503, with a
+        ``Retry-After`` of the whole seconds left of the drain, at least 1), and the open
+        connections are closed with 1012 (service restart), spread evenly over ``over`` seconds
+        (the first at once), so that their clients reconnect to the other servers a few at a
+        time rather than all together. Returns when every ``finish`` has fired. The endpoint
+        refuses handshakes until its application starts again; the application's shutdown
+        closes whatever is left with 1001.
+
+        :raises TypeError: ``over`` is not a number.
+        :raises ValueError: ``over`` is negative.
+        """
+        self._drain = drain = Drain(check_period(over))
+        await drain.run(self.connections)
 
 
 WSAPP_KEY = web.AppKey("aiohttp_wsapp", WebSocketApp)

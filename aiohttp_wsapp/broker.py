@@ -17,13 +17,24 @@ every process's.
 from __future__ import annotations
 
 import abc
+import functools
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .history import History, Position
+from .stats import BrokerCounters
 
-__all__ = ["Broadcast", "Broker", "Counts", "Deliver", "Kept", "attach", "detach"]
+__all__ = [
+    "Broadcast",
+    "Broker",
+    "BrokerCounters",
+    "Counts",
+    "Deliver",
+    "Kept",
+    "attach",
+    "detach",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +72,17 @@ members in this process (a group without members is absent). Cheap: nothing is c
 
 
 class Broker(abc.ABC):
-    """Carries broadcasts between the processes that share it."""
+    """Carries broadcasts between the processes that share it.
+
+    A broker counts what only it sees in :attr:`counters`, for the endpoint's ``stats()``.
+    """
+
+    @functools.cached_property
+    def counters(self) -> BrokerCounters:
+        """What this broker has done. The endpoint counts the broadcasts it publishes (and the
+        failures of ``publish``) and those the broker delivers; the broker adds the connections
+        it lost (``errors``) and made again (``reconnects``)."""
+        return BrokerCounters()
 
     @abc.abstractmethod
     async def start(self, deliver: Deliver, counts: Counts | None = None) -> None:

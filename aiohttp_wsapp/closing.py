@@ -24,6 +24,7 @@ from typing import Final
 from aiohttp import WSCloseCode
 
 from .errors import ConnectionClosed
+from .stats import Counters
 
 __all__ = [
     "CLOSED",
@@ -88,10 +89,12 @@ def abort(transport: asyncio.Transport) -> None:
 class Closing:
     """The state of one connection, its close code and reason, and the deadline of its closing.
 
-    ``transport`` is the connection's socket; ``timeout`` is ``close_timeout``.
+    ``transport`` is the connection's socket; ``timeout`` is ``close_timeout``. ``counters``
+    count the connections dropped (by cause) and finished (by close code).
     """
 
     __slots__ = (
+        "_counters",
         "_deadline",
         "_gone",
         "_half_closed",
@@ -103,7 +106,7 @@ class Closing:
         "state",
     )
 
-    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
+    def __init__(self, transport: asyncio.Transport, timeout: float, counters: Counters) -> None:
         self.state = OPEN
         """Where the connection is in its life."""
         self.code: int | None = None
@@ -112,12 +115,15 @@ class Closing:
         """The close reason; ``None`` while open."""
         self._transport = transport
         self._timeout = timeout
+        self._counters = counters
         self._deadline: asyncio.TimerHandle | None = None
         self._half_closed = False
         self._peer_gone = False
         self._gone: asyncio.Future[None] | None = None
 
-    def start(self, code: int, reason: str, *, answering: bool = False) -> bool:
+    def start(
+        self, code: int, reason: str, *, answering: bool = False, cause: str | None = None
+    ) -> bool:
         """Enter CLOSING with ``code`` and ``reason``; tell whether it was open until now.
 
         The one way out of OPEN: whatever closes the connection comes through here, and arms the
@@ -125,10 +131,13 @@ class Closing:
         when ``answering`` the peer's close frame with nothing unsent (no write can wait then):
         the answer is written at once and the connection finishes right after, and
         :meth:`finish` arms the deadline only if something is still unsent by then. Mostly
-        nothing is: no timer to arm and cancel for every connection the peer closes.
+        nothing is: no timer to arm and cancel for every connection the peer closes. A
+        ``cause`` (one of ``DROP_CAUSES``) counts the connection as dropped for it.
         """
         if self.state is not OPEN:
             return False
+        if cause is not None:
+            self._counters.dropped_for(cause)
         self.state = CLOSING
         # A plain int: Python 3.10 prints a WSCloseCode (an IntEnum) by its name, 3.11+ by number.
         self.code = int(code)
@@ -141,9 +150,9 @@ class Closing:
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(self._timeout, abort, self._transport)
 
-    def drop(self, code: int, reason: str) -> None:
+    def drop(self, code: int, reason: str, *, cause: str | None = None) -> None:
         """Abort the socket now, without a closing handshake."""
-        self.start(code, reason)
+        self.start(code, reason, cause=cause)
         abort(self._transport)
 
     def close_transport(self) -> None:
@@ -201,6 +210,9 @@ class Closing:
     def finish(self) -> None:
         """Enter CLOSED and close the socket; the deadline stays armed while it still flushes."""
         self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
+        if self.state is not CLOSED:
+            assert self.code is not None
+            self._counters.finished_with(self.code)
         self.state = CLOSED
         transport = self._transport
         if not transport.is_closing():

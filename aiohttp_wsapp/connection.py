@@ -18,9 +18,9 @@ import inspect
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from itertools import count
-from typing import Any, Final, TypeAlias, overload
+from typing import Any, Final, TypeAlias, TypeVar, overload
 
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractStreamWriter
@@ -38,14 +38,19 @@ from .groups import Groups
 from .history import Position, Recovery
 from .hub import Hub
 from .keepalive import Keepalive
+from .limits import Limits
 from .receiving import Receiver
 from .recovery import GroupHistories, check_since
 from .sending import DONE, Sender
+from .stats import Counters
+from .tasks import OwnedTasks
 from .upgrade import Response, negotiated_deflater, new_response, read_in_small_chunks
 
 __all__ = ["Connection", "ConnectionState", "Endpoint", "Handler", "Response", "new_response"]
 
 logger = logging.getLogger("aiohttp_wsapp")
+
+T = TypeVar("T")
 
 Endpoint: TypeAlias = Hub["Connection"]
 """The endpoint that accepted a connection, as its handlers reach it: a :class:`WebSocketApp`."""
@@ -67,8 +72,9 @@ class Connection:
     is kept: close it with :meth:`close`. Applications may keep their own attributes on it
     (``conn.user = ...``).
 
-    Connections are made by the endpoint: it passes ``groups`` (the endpoint's group registry)
-    and ``forget`` (called once, when the connection finishes).
+    Connections are made by the endpoint: it passes ``groups`` (the endpoint's group registry),
+    ``forget`` (called once, when the connection finishes) and ``counters`` (where what happens
+    to the connection is counted, for ``stats()``).
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class Connection:
         *,
         groups: Groups[Connection],
         forget: Callable[[Connection], None],
+        counters: Counters,
         histories: GroupHistories[Connection] | None = None,
     ) -> None:
         self._app = app
@@ -90,7 +97,7 @@ class Connection:
         assert transport is not None, "a prepared WebSocketResponse has a transport"
         self._transport = transport
         settings = app.websocket_server
-        self._closing = closing = Closing(transport, settings.close_timeout)
+        self._closing = closing = Closing(transport, settings.close_timeout, counters)
         ws.closing = closing
         closing.watch_transport()
         read_in_small_chunks(transport)
@@ -101,11 +108,23 @@ class Connection:
             send_buffer_limit=settings.send_buffer_limit,
             deflater=negotiated_deflater(ws, settings.compression),
             owner=self,
+            counters=counters,
         )
         ws.sender = self._sender
         self._keepalive = Keepalive(settings.heartbeat, closing, self._sender)
         self._events = Events(self)
-        self._receiver = Receiver(self, ws, closing, self._sender, self._keepalive, self._events)
+        self._limits = Limits.of(settings, closing, self._sender)  # counted from now on
+        self._receiver = Receiver(
+            self,
+            ws,
+            closing,
+            self._sender,
+            self._keepalive,
+            self._events,
+            self._limits,
+            counters,
+        )
+        self._tasks: OwnedTasks | None = None
         self._registry = groups
         self._forget = forget
         self._groups: frozenset[str] = frozenset()
@@ -272,6 +291,46 @@ class Connection:
         """
         return self._sender.close(code, reason)
 
+    # -- tasks ------------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` as a task that belongs to this connection; return the task.
+
+        When the connection finishes, the task is cancelled and awaited before the ``finish``
+        handlers run, so that none of them sees it still running. If the task raises, the
+        ``error`` handlers get the exception (without one, it is logged at ERROR) and the
+        connection is closed with 1011, as for a ``message`` handler; a
+        :exc:`ConnectionClosed` raised once the connection is closing is no error. On a
+        finished connection the task is cancelled at once.
+
+        :raises TypeError: ``coro`` is not a coroutine.
+        """
+        if self._tasks is None:
+            self._tasks = OwnedTasks(self._task_failed)
+        task = self._tasks.spawn(coro)
+        if self._closing.state is CLOSED:
+            task.cancel()
+        return task
+
+    def _task_failed(self, exc: BaseException) -> Coroutine[Any, Any, None] | None:
+        """A task of :meth:`spawn` raised: return what reports it, if it is an error."""
+        state = self._closing.state
+        if isinstance(exc, ConnectionClosed) and state is not OPEN:
+            return None
+        if state is CLOSED:  # it raised while it was being cancelled
+            logger.error("a task of %r raised while it was cancelled", self, exc_info=exc)
+            return None
+        return self._report_task_failure(exc, self._events.error)  # the handlers of now
+
+    async def _report_task_failure(
+        self, exc: BaseException, handlers: tuple[Registration, ...]
+    ) -> None:
+        if not handlers:
+            logger.error("a task of %r raised", self, exc_info=exc)
+        else:
+            await self._events.report(handlers, exc)
+        self.close(WSCloseCode.INTERNAL_ERROR)
+
     # -- groups -----------------------------------------------------------------------------
 
     @overload
@@ -351,7 +410,11 @@ class Connection:
             await self._establish(on_establish, handshake_results)
             await self._receiver.run()  # after a close, until the peer answers it
         finally:
-            await self._events.run_finish(self._finish(), self._finished)
+            await self._events.run_finish(
+                self._finish(),
+                self._finished,
+                first=None if self._tasks is None else self._tasks.end,
+            )
 
     async def _establish(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
         try:
@@ -368,6 +431,8 @@ class Connection:
         """Enter CLOSED, leave the endpoint and release everything; return the finish handlers."""
         self._closing.finish()
         self._keepalive.stop()
+        if self._limits is not None:
+            self._limits.stop()
         for name in self._groups:
             self._registry.discard(name, self)
         self._groups = frozenset()

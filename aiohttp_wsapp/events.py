@@ -11,7 +11,7 @@ import inspect
 import logging
 import types
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
 from .signatures import positional
@@ -196,24 +196,36 @@ class Events:
             logger.exception("an error handler raised for %r", self.owner)
 
     async def run_finish(
-        self, finishers: tuple[Registration, ...], finished: asyncio.Future[None]
+        self,
+        finishers: tuple[Registration, ...],
+        finished: asyncio.Future[None],
+        *,
+        first: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Call the ``finish`` handlers one after another, then mark ``finished`` done.
+        """Await ``first()`` (the end of the connection's own tasks), then call the ``finish``
+        handlers one after another, then mark ``finished`` done.
 
         One that raises is logged. They run in a task of their own, shielded: aiohttp may cancel
         the request handler when the peer goes away, and finish handlers must still run to
         completion.
         """
-        if finishers:
-            task = asyncio.get_running_loop().create_task(self._run_finishers(finishers, finished))
+        if finishers or first is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._run_finishers(finishers, finished, first)
+            )
             await asyncio.shield(task)
         else:
             finished.set_result(None)
 
     async def _run_finishers(
-        self, finishers: tuple[Registration, ...], finished: asyncio.Future[None]
+        self,
+        finishers: tuple[Registration, ...],
+        finished: asyncio.Future[None],
+        first: Callable[[], Awaitable[None]] | None,
     ) -> None:
         try:
+            if first is not None:
+                await first()
             owner = self.owner
             for registration in finishers:
                 await self._run_finish_handler(registration, owner)

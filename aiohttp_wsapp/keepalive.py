@@ -16,6 +16,7 @@ from aiohttp import WSCloseCode
 from .closing import OPEN, Closing
 from .frames import Opcode, encode_frame
 from .sending import Sender
+from .stats import HEARTBEAT_TIMEOUT
 
 __all__ = ["Keepalive"]
 
@@ -103,4 +104,4 @@ class Keepalive:
             self._round()
             return
         logger.info("%r dropped: no pong to the heartbeat's ping", self._sender.owner)
-        self._closing.drop(WSCloseCode.ABNORMAL_CLOSURE, "")
+        self._closing.drop(WSCloseCode.ABNORMAL_CLOSURE, HEARTBEAT_TIMEOUT, cause=HEARTBEAT_TIMEOUT)

@@ -19,7 +19,9 @@ from .errors import ConnectionClosed
 from .events import Events
 from .frames import Opcode, encode_frame
 from .keepalive import Keepalive
+from .limits import Limits
 from .sending import Sender, Sent
+from .stats import MESSAGE_TOO_BIG, PROTOCOL_ERROR, Counters
 from .upgrade import Response
 
 __all__ = ["Receiver"]
@@ -31,12 +33,16 @@ class Receiver:
     """Reads one connection's messages and hands them to its handlers.
 
     ``owner`` is the connection: the first argument of every handler, and what log lines name.
+    ``limits`` are its peer's (``None`` when the endpoint sets none); ``counters`` count the
+    messages received and their bytes.
     """
 
     __slots__ = (
         "_closing",
+        "_counters",
         "_events",
         "_keepalive",
+        "_limits",
         "_message_limit",
         "_owner",
         "_sender",
@@ -51,6 +57,8 @@ class Receiver:
         sender: Sender,
         keepalive: Keepalive,
         events: Events,
+        limits: Limits | None,
+        counters: Counters,
     ) -> None:
         self._owner = weakref.ref(owner)  # weakly: see Sender
         self._ws = ws
@@ -59,6 +67,8 @@ class Receiver:
         self._keepalive = keepalive
         self._events = events
         self._message_limit = ws.message_limit
+        self._limits = limits
+        self._counters = counters
 
     async def run(self) -> None:
         """Receive until the socket ends or the peer's close frame came; answer the close."""
@@ -68,6 +78,8 @@ class Receiver:
         closing = self._closing
         owner = self._owner()
         message_limit = self._message_limit
+        limits = self._limits
+        counters = self._counters
         while True:
             message = await ws.receive()
             kind = message.type
@@ -79,6 +91,14 @@ class Receiver:
                 if message_limit is not None and _exceeds(data, message_limit):
                     await self._refuse_oversized()
                     continue
+                if limits is not None and not limits.admit():
+                    continue  # over the rate limit: not dispatched, and the connection closes
+                counters.messages_received += 1
+                # str.isascii() reads a flag of the string: only other text is encoded to count.
+                if type(data) is bytes or data.isascii():
+                    counters.bytes_received += len(data)
+                else:
+                    counters.bytes_received += len(data.encode())
                 try:
                     for registration in events.message:
                         handler = registration.handler
@@ -127,7 +147,7 @@ class Receiver:
 
     async def _refuse_oversized(self) -> None:
         limit = self._message_limit
-        self._sender.close(WSCloseCode.MESSAGE_TOO_BIG)
+        self._sender.close(WSCloseCode.MESSAGE_TOO_BIG, cause=MESSAGE_TOO_BIG)
         await self._peer_failed(
             WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"Message size exceeds {limit}")
         )
@@ -158,7 +178,7 @@ class Receiver:
             await self._ws.answer_close(echoed)
             return
         # RFC 6455 §7.4: a code that may not be sent is a protocol error, answered with 1002.
-        self._closing.start(WSCloseCode.PROTOCOL_ERROR, "")
+        self._closing.start(WSCloseCode.PROTOCOL_ERROR, "", cause=PROTOCOL_ERROR)
         await self._peer_failed(
             WebSocketError(WSCloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
         )

@@ -20,13 +20,13 @@ from aiohttp.abc import AbstractStreamWriter
 from .closing import OPEN, Closing, check_close_code
 from .errors import ConnectionClosed
 from .frames import BroadcastFrames, MessageDeflater, Opcode, Payload, encode_frame, frame_header
+from .stats import SEND_BUFFER_OVERFLOW, Counters
 
 __all__ = ["DONE", "RaiseClosed", "Sender", "Sent"]
 
 logger = logging.getLogger("aiohttp_wsapp")
 
 _PACK_CLOSE_CODE = struct.Struct("!H").pack
-_SEND_BUFFER_OVERFLOW: Final = "send buffer overflow"
 _JOIN_LIMIT: Final = 16 * 1024
 """Payloads up to this size go out joined to their header in one write."""
 
@@ -97,10 +97,10 @@ class Sender:
     """Writes the frames of one connection to its socket.
 
     ``owner`` names the connection in log lines. ``deflater`` compresses its messages, when the
-    peer negotiated permessage-deflate.
+    peer negotiated permessage-deflate. ``counters`` count the messages sent and their bytes.
     """
 
-    __slots__ = ("_closing", "_limit", "_owner", "_transport", "deflater", "sent")
+    __slots__ = ("_closing", "_counters", "_limit", "_owner", "_transport", "deflater", "sent")
 
     def __init__(
         self,
@@ -111,9 +111,11 @@ class Sender:
         send_buffer_limit: int,
         deflater: MessageDeflater | None,
         owner: object,
+        counters: Counters,
     ) -> None:
         self._transport = transport
         self._closing = closing
+        self._counters = counters
         self._limit = send_buffer_limit
         self.deflater = deflater
         """What compresses this connection's messages; ``None`` without compression."""
@@ -139,6 +141,9 @@ class Sender:
         """Send one message (compressed where negotiated), or drop it if nothing can be sent."""
         if self.cannot_send():
             return self.dropped("send")
+        counters = self._counters
+        counters.messages_sent += 1
+        counters.bytes_sent += len(payload)  # before compression
         if self.deflater is not None:
             return self.write(self.deflater.frame(opcode, payload))
         header = frame_header(opcode, len(payload))
@@ -154,28 +159,41 @@ class Sender:
         if self._transport.get_write_buffer_size() > self._limit:
             # A closing handshake could not get through a full buffer: drop the socket at once.
             logger.warning(
-                "%r dropped: its peer does not read (%s)", self.owner, _SEND_BUFFER_OVERFLOW
+                "%r dropped: its peer does not read (%s)", self.owner, SEND_BUFFER_OVERFLOW
             )
-            self._closing.drop(WSCloseCode.POLICY_VIOLATION, _SEND_BUFFER_OVERFLOW)
+            self._closing.drop(
+                WSCloseCode.POLICY_VIOLATION, SEND_BUFFER_OVERFLOW, cause=SEND_BUFFER_OVERFLOW
+            )
         return self.sent
 
-    def close(self, code: int = WSCloseCode.OK, reason: str = "") -> Awaitable[None]:
+    def close(
+        self, code: int = WSCloseCode.OK, reason: str = "", *, cause: str | None = None
+    ) -> Awaitable[None]:
         """Start the closing with ``code`` and ``reason`` and write the close frame: see
-        :meth:`Connection.close`."""
+        :meth:`Connection.close`. A ``cause`` counts the connection as dropped for it."""
         check_close_code(code)
         encoded_reason = reason.encode()
         if len(encoded_reason) > 123:
             raise ValueError("a close reason is at most 123 bytes of UTF-8")
-        if not self._closing.start(code, reason):
+        if not self._closing.start(code, reason, cause=cause):
             return DONE
         if self._transport.is_closing():
             return DONE  # the socket went first; the receive loop will see it
         return self.write(encode_frame(Opcode.CLOSE, _PACK_CLOSE_CODE(code) + encoded_reason))
 
     def broadcast(self, frames: BroadcastFrames) -> None:
-        """Send one broadcast message, in the frame its peers of a kind share."""
-        if not self.cannot_send():
-            self.write(frames.frame(self.deflater))
+        """Send one broadcast message, in the frame its peers of a kind share.
+
+        Counted as a message sent and as a broadcast frame, whether it is a broadcast or the
+        history's replay or fill of one.
+        """
+        if self.cannot_send():
+            return
+        counters = self._counters
+        counters.messages_sent += 1
+        counters.bytes_sent += len(frames.payload)  # the envelope's, with history
+        counters.broadcast_frames += 1
+        self.write(frames.frame(self.deflater))
 
     def dropped(self, operation: str) -> Awaitable[None]:
         """Log that ``operation`` found the connection closed; return what raises that."""

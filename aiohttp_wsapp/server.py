@@ -150,6 +150,20 @@ class WebSocketServer:
     :param close_timeout: however the closing starts (either side's close, a protocol error,
         the peer's end of stream, a heartbeat timeout, a handler error, shutdown), the socket is
         dropped at most this many seconds later, whatever is still in its send buffer.
+    :param idle_timeout: seconds; a connection whose peer has sent no message for that long
+        (pongs do not count), counted from its establishment or its last message, is closed
+        with 1001, reason ``idle timeout``. It costs nothing per message: the connection is
+        checked eight times per period, so the close comes up to a quarter of the setting
+        late. ``None`` (default): never.
+    :param max_lifetime: seconds; a connection open for that long, plus a random jitter of up
+        to a tenth of it (so that connections opened together do not close together), is
+        closed with 1001, reason ``max lifetime``. Its client reconnects, possibly to another
+        server: after a deploy or a scale-up, connections spread over the servers again.
+        ``None`` (default): never.
+    :param max_message_rate: messages per second a peer may send, on average: a token bucket
+        refilled at that rate that holds ``max(rate, 1)`` messages (the burst allowed). The
+        message that finds it empty is not dispatched, and the connection is closed with 1008,
+        reason ``rate limit``. ``None`` (default): no limit.
     :raises TypeError: a callback is not callable, or its signature cannot take the arguments it
         will be given (``handshake`` two positional, ``validator`` one), a setting has the wrong
         type, or a subprotocol is not a string.
@@ -171,6 +185,9 @@ class WebSocketServer:
         allowed_origins: str | Iterable[str] | OriginCheck | None = None,
         send_buffer_limit: int = 16 * MiB,
         close_timeout: float = 10.0,
+        idle_timeout: float | None = None,
+        max_lifetime: float | None = None,
+        max_message_rate: float | None = None,
     ) -> None:
         _callback_or_none("handshake", handshake, "request, response")
         _callback_or_none("validator", validator, "request")
@@ -178,6 +195,9 @@ class WebSocketServer:
         _positive_number("heartbeat", heartbeat, optional=True)
         _positive_number("send_buffer_limit", send_buffer_limit)
         _positive_number("close_timeout", close_timeout)
+        _positive_number("idle_timeout", idle_timeout, optional=True)
+        _positive_number("max_lifetime", max_lifetime, optional=True)
+        _positive_number("max_message_rate", max_message_rate, optional=True)
         self.handshake = handshake
         self.validator = validator
         self.protocols = _protocols(protocols)
@@ -189,6 +209,9 @@ class WebSocketServer:
         self.allowed_origins = _origin_policy(allowed_origins)
         self.send_buffer_limit = send_buffer_limit
         self.close_timeout = close_timeout
+        self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
+        self.max_message_rate = max_message_rate
 
 
 async def run_handshake_callback(

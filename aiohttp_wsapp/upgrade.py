@@ -16,6 +16,7 @@ from .closing import Closing
 from .frames import Compression, MessageDeflater
 from .sending import Sender
 from .server import WebSocketServer
+from .stats import MESSAGE_TOO_BIG, PROTOCOL_ERROR
 
 __all__ = ["Response", "negotiated_deflater", "new_response", "read_in_small_chunks"]
 
@@ -62,14 +63,17 @@ class Response(web.WebSocketResponse):
         closing, sender = self.closing, self.sender
         if closing is not None and sender is not None and code == WSCloseCode.MESSAGE_TOO_BIG:
             # aiohttp refused a frame by its header: the rest of it is still on its way.
-            sender.close(code)
+            sender.close(code, cause=MESSAGE_TOO_BIG)
             closing.half_close()
             return True
         if closing is not None:
             # aiohttp closes with 1000 when the peer's socket ended without a close frame, and
             # with the protocol error's code when the peer broke the protocol.
-            abnormal = code == WSCloseCode.OK
-            closing.start(WSCloseCode.ABNORMAL_CLOSURE if abnormal else code, "")
+            if code == WSCloseCode.OK:
+                closing.start(WSCloseCode.ABNORMAL_CLOSURE, "")
+            else:
+                too_big = code == WSCloseCode.MESSAGE_TOO_BIG
+                closing.start(code, "", cause=MESSAGE_TOO_BIG if too_big else PROTOCOL_ERROR)
         return await super().close(code=code, message=message, drain=False)
 
     async def answer_close(self, code: int) -> None:

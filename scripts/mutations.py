@@ -129,11 +129,12 @@ MUTATIONS = (
         name="finish-not-shielded",
         module="events.py",
         old=(
-            "            task = asyncio.get_running_loop().create_task("
-            "self._run_finishers(finishers, finished))\n"
+            "            task = asyncio.get_running_loop().create_task(\n"
+            "                self._run_finishers(finishers, finished, first)\n"
+            "            )\n"
             "            await asyncio.shield(task)\n"
         ),
-        new="            await self._run_finishers(finishers, finished)\n",
+        new="            await self._run_finishers(finishers, finished, first)\n",
         tests=(
             "tests/test_connection.py::"
             "test_finish_handler_completes_though_the_request_handler_is_cancelled",
@@ -158,6 +159,50 @@ MUTATIONS = (
             "test_a_compressed_broadcast_is_one_frame_for_every_shared_peer",
         ),
         why="a broadcast is compressed once for each shared-mode peer, not once for all",
+    ),
+    Mutation(
+        name="drain-all-at-once",
+        module="draining.py",
+        old="        step = self._over / len(connections) if connections else 0.0\n",
+        new="        step = 0.0\n",
+        tests=(
+            "tests/test_drain.py::"
+            "test_drain_closes_every_connection_with_1012_spread_evenly_over_the_period",
+        ),
+        why="a drain closes every connection at once instead of spreading them over its period",
+    ),
+    Mutation(
+        name="lifetime-without-jitter",
+        module="limits.py",
+        old="            lifetime = settings.max_lifetime * (1 + random.random() / 10)\n",
+        new="            lifetime = settings.max_lifetime\n",
+        tests=(
+            "tests/test_timeouts.py::"
+            "test_connections_close_with_1001_after_max_lifetime_with_jitter",
+        ),
+        why="connections opened together all reach max_lifetime together",
+    ),
+    Mutation(
+        name="rate-bucket-starts-empty",
+        module="limits.py",
+        old="        self._tokens = self._capacity\n",
+        new="        self._tokens = 0.0\n",
+        tests=(
+            "tests/test_timeouts.py::"
+            "test_a_burst_up_to_the_rate_passes_the_next_message_closes_with_1008",
+        ),
+        why="max_message_rate refuses a connection's first messages: no burst is allowed",
+    ),
+    Mutation(
+        name="sends-not-counted",
+        module="sending.py",
+        old=(
+            "        counters.messages_sent += 1\n"
+            "        counters.bytes_sent += len(payload)  # before compression\n"
+        ),
+        new="        counters.bytes_sent += len(payload)  # before compression\n",
+        tests=("tests/test_stats.py::test_messages_and_payload_bytes_each_way_before_compression",),
+        why="stats().messages_sent stays at 0",
     ),
 )
 

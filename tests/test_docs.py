@@ -26,6 +26,8 @@ import itertools
 import json
 import os
 import re
+import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -50,7 +52,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 
 PYTHON = "python"
-NOT_PYTHON = {"sh", "console", "nginx", "javascript", "perl", "toml", "text", "ini"}
+NOT_PYTHON = {"sh", "console", "nginx", "javascript", "perl", "toml", "text", "ini", "yaml"}
 """The other languages a code block may be in; none of them is executed."""
 
 PYTEST_CONFIG = """\
@@ -1000,13 +1002,17 @@ _AUTO = re.compile(r"^\.\. auto(?:class|function|data|exception):: (?P<name>[\w.
 
 
 def public_names() -> dict[str, object]:
-    """Every public name: ``aiohttp_wsapp.__all__``, and ``aiohttp_wsapp.redis.__all__``."""
+    """Every public name: ``aiohttp_wsapp.__all__``, ``aiohttp_wsapp.redis.__all__`` and
+    ``aiohttp_wsapp.prometheus.__all__``."""
     names: dict[str, object] = {
         name: getattr(aiohttp_wsapp, name) for name in aiohttp_wsapp.__all__
     }
     redis = importlib.import_module("aiohttp_wsapp.redis")
     for name in redis.__all__:
         names[f"redis.{name}"] = getattr(redis, name)
+    prometheus = importlib.import_module("aiohttp_wsapp.prometheus")
+    for name in prometheus.__all__:
+        names[f"prometheus.{name}"] = getattr(prometheus, name)
     return names
 
 
@@ -1098,6 +1104,137 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     index = (tmp_path / "html" / "reference.html").read_text()
     for name in public_names():
         assert f'id="aiohttp_wsapp.{name}"' in index, f"{name} is not in the reference"
+
+
+# -- the checks: monitoring and deploying (operations) ------------------------------------------
+
+
+async def _require_prometheus(run: Run) -> None:
+    require_module("prometheus_client", "pip install 'aiohttp-wsapp[prometheus]'")
+
+
+@check("monitoring-app", prepare=_require_prometheus)
+async def _monitoring_app(run: Run) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = await run.client()
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_str("héllo")
+        assert await ws.receive_str() == "héllo"
+        stats = await (await client.get("/stats")).json()
+        assert stats["connections_open"] == 1
+        assert (stats["messages_received"], stats["bytes_received"]) == (1, 6)
+        assert stats["dropped"]["idle timeout"] == 0
+    response = await client.get("/metrics")
+    assert response.status == 200
+    samples = {
+        (sample.name, tuple(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(await response.text())
+        for sample in family.samples
+    }
+    assert samples[("aiohttp_wsapp_handshakes_accepted_total", ())] == 1
+    assert samples[("aiohttp_wsapp_messages_sent_total", ())] == 1
+    assert samples[("aiohttp_wsapp_sent_bytes_total", ())] == 6
+    assert ("process_cpu_seconds_total", ()) in samples  # the default registry's own
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@check("deploying-server")
+async def _deploying_server(run: Run) -> None:
+    # The page's program, run as it is with SIGTERM sent to it as a process manager would.
+    (run.tmp_path / "server.py").write_text(run.block.code)
+    port, drain_seconds, count = _free_port(), 1.5, 6
+    env = {**os.environ, "PORT": str(port), "DRAIN_SECONDS": str(drain_seconds)}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "server.py",
+        cwd=run.tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+    async def stop() -> None:
+        if process.returncode is None:  # the test failed before the program ended
+            process.kill()
+            await process.wait()
+
+    run.stack.push_async_callback(stop)
+    assert process.stdout is not None
+    while b"Running on" not in await asyncio.wait_for(process.stdout.readline(), TIMEOUT):
+        pass
+    url = f"ws://127.0.0.1:{port}/ws"
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        sockets = [await session.ws_connect(url) for _ in range(count)]
+        await sockets[0].send_str("hi")
+        assert await sockets[0].receive_str(timeout=TIMEOUT) == "hi"
+
+        async def closed_at(ws: aiohttp.ClientWebSocketResponse[Any]) -> tuple[int | None, float]:
+            message = await ws.receive(TIMEOUT)
+            assert message.type is WSMsgType.CLOSE, message
+            return message.data, loop.time()
+
+        closing = [asyncio.create_task(closed_at(ws)) for ws in sockets]
+        signalled = loop.time()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait(closing, return_when=asyncio.FIRST_COMPLETED)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:  # draining: 503
+            await session.ws_connect(url)
+        assert refused.value.status == 503
+        assert refused.value.headers is not None
+        assert refused.value.headers["Retry-After"] in ("1", "2")
+        closes = await asyncio.gather(*closing)
+        for ws in sockets:
+            await ws.close()
+    assert [code for code, _ in closes] == [WSCloseCode.SERVICE_RESTART] * count
+    times = sorted(at - signalled for _, at in closes)
+    assert times[0] < drain_seconds / count  # the first at once, ...
+    assert times[-1] >= drain_seconds * (count - 1) / count  # ... the last in the last slot
+    assert times[-1] <= drain_seconds * 1.5
+    # Then aiohttp's own graceful shutdown: the process ends by itself, successfully.
+    assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+
+
+@check("deploying-client")
+async def _deploying_client(run: Run) -> None:
+    attempts: list[str] = []
+
+    def handshake(request: web.Request, response: web.WebSocketResponse) -> None:
+        attempts.append("handshake")
+        if len(attempts) == 1:
+            raise web.HTTPServiceUnavailable(headers={"Retry-After": "1"})
+
+    def on_establish(conn: aiohttp_wsapp.Connection, request: web.Request, hs: Any) -> None:
+        if len(attempts) == 2:
+            conn.close(WSCloseCode.SERVICE_RESTART)  # as a draining server does
+        else:
+            conn.send("welcome")
+
+    server = aiohttp_wsapp.WebSocketServer(handshake=handshake)
+    client = await run.client(aiohttp_wsapp.create_app(on_establish, websocket_server=server))
+    welcomed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_message(ws: aiohttp.ClientWebSocketResponse, message: aiohttp.WSMessage) -> None:
+        if not welcomed.done():
+            welcomed.set_result(message.data)
+
+    url = str(client.make_url("/"))
+    staying = asyncio.create_task(run["stay_connected"](url, on_message, first_delay=0.05))
+    try:
+        assert await asyncio.wait_for(welcomed, TIMEOUT) == "welcome"
+    finally:
+        staying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await staying
+    assert attempts == ["handshake"] * 3  # refused, then closed with 1012, then welcomed
 
 
 # -- docs/howto/gunicorn.rst: gunicorn's aiohttp workers, and uvloop ----------------------------

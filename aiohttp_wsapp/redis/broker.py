@@ -112,11 +112,13 @@ class RedisBroker(Broker):
             ttl=self.presence_ttl,
             refresh=self.presence_refresh,
         )
+
         subscriber = Subscriber(
             client.connection_pool.make_connection,
             partial(self._receive, deliver),
             where=self._safe_url,
             on_connected=partial(self._connected_again, presence),
+            on_lost=self._lost,
         )
         subscriber.ping_interval = self.ping_interval
         subscriber.subscribe(self._channels.all)
@@ -143,6 +145,9 @@ class RedisBroker(Broker):
         presence.start(counts)
         self._subscriber, self._publisher, self._presence = subscriber, publisher, presence
         self._history = history
+
+    def _lost(self, exc: BaseException) -> None:
+        self.counters.errors += 1
 
     async def stop(self) -> None:
         """Stop listening, close the connections to Redis, and wait until that is done.
@@ -221,6 +226,7 @@ class RedisBroker(Broker):
     def _connected_again(self, presence: Presence) -> None:
         presence.changed()  # Redis may have lost the counts, if it restarted
         if self._subscriber is not None:  # not the first connection, made by start()
+            self.counters.reconnects += 1
             for callback in self._reconnected:
                 callback()
 

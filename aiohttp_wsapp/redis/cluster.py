@@ -334,6 +334,7 @@ class RedisClusterBroker(Broker):
 
     def _lost(self, exc: BaseException) -> None:
         """A primary's subscription was lost: the cluster may be failing it over."""
+        self.counters.errors += 1
         self._map_stale.set()
 
     def _nodes_to_ask(self, topology: Topology) -> list[str]:
