@@ -13,7 +13,7 @@ set -eu
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-PYTHON="$VENV/bin/python"
+PYTHON="$(cd "$VENV" && pwd)/bin/python" # absolute: step 4 runs in the unpacked sdist
 "$PYTHON" -m pip install --quiet build twine
 
 WORK="$(mktemp -d)"

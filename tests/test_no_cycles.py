@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 from typing import Any
 
+import pytest
 from aiohttp import web
 from conftest import Serve
 from rawws import until
@@ -21,6 +23,12 @@ from support import TIMEOUT
 from aiohttp_wsapp import Connection
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="on Python 3.10 the request handler's frames stay in the traceback of an exception "
+    "that asyncio keeps in a cycle after the handler ended; the collector frees them (checked), "
+    "so the connection is not leaked, only freed later",
+)
 async def test_a_finished_connection_is_freed_without_the_garbage_collector(
     serve: Serve,
 ) -> None:
