@@ -80,6 +80,7 @@ class Receiver:
         message_limit = self._message_limit
         limits = self._limits
         counters = self._counters
+        binary = WSMsgType.BINARY  # a local: the byte count tests it for every message
         while True:
             message = await ws.receive()
             kind = message.type
@@ -94,8 +95,9 @@ class Receiver:
                 if limits is not None and not limits.admit():
                     continue  # over the rate limit: not dispatched, and the connection closes
                 counters.messages_received += 1
-                # str.isascii() reads a flag of the string: only other text is encoded to count.
-                if type(data) is bytes or data.isascii():
+                # Binary data and ASCII text (str.isascii() reads a flag of the string) count
+                # their length; only other text is encoded to count its UTF-8 bytes.
+                if kind is binary or data.isascii():
                     counters.bytes_received += len(data)
                 else:
                     counters.bytes_received += len(data.encode())

@@ -141,13 +141,14 @@ class Sender:
         """Send one message (compressed where negotiated), or drop it if nothing can be sent."""
         if self.cannot_send():
             return self.dropped("send")
+        size = len(payload)  # one len() for the count, the header and the join test
         counters = self._counters
         counters.messages_sent += 1
-        counters.bytes_sent += len(payload)  # before compression
+        counters.bytes_sent += size  # before compression
         if self.deflater is not None:
             return self.write(self.deflater.frame(opcode, payload))
-        header = frame_header(opcode, len(payload))
-        if len(payload) <= _JOIN_LIMIT:
+        header = frame_header(opcode, size)
+        if size <= _JOIN_LIMIT:
             return self.write(header + payload)
         # Joining a large payload to its header would copy it only to save a system call.
         self._transport.write(header)
