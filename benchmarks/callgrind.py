@@ -452,6 +452,14 @@ def versions_used() -> list[tuple[str, str]]:
     ]
 
 
+def _positive(text: str) -> int:
+    """An argument that counts something per unit: zero would divide by zero later."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -461,9 +469,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(target.name for target in TARGETS if not target.optional),
         help=f"comma-separated, of {','.join(names)} (default: all but the last)",
     )
-    parser.add_argument("--messages", type=int, default=5000, help="N echoes (default 5,000)")
-    parser.add_argument("--handshakes", type=int, default=500, help="N handshakes (default 500)")
-    parser.add_argument("--phases", type=int, default=3, help="phases of each (default 3)")
+    parser.add_argument("--messages", type=_positive, default=5000, help="N echoes (default 5,000)")
+    parser.add_argument(
+        "--handshakes", type=_positive, default=500, help="N handshakes (default 500)"
+    )
+    parser.add_argument("--phases", type=_positive, default=3, help="phases of each (default 3)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     parser.add_argument("--no-report", action="store_true", help="print only, write no report")
     parser.add_argument("--json", type=Path, help="also write the raw counts here")
