@@ -198,9 +198,9 @@ MUTATIONS = (
         module="sending.py",
         old=(
             "        counters.messages_sent += 1\n"
-            "        counters.bytes_sent += len(payload)  # before compression\n"
+            "        counters.bytes_sent += size  # before compression\n"
         ),
-        new="        counters.bytes_sent += len(payload)  # before compression\n",
+        new="        counters.bytes_sent += size  # before compression\n",
         tests=("tests/test_stats.py::test_messages_and_payload_bytes_each_way_before_compression",),
         why="stats().messages_sent stays at 0",
     ),
