@@ -26,6 +26,7 @@ from .errors import (
 from .handshake import check_opening_handshake, origin_allowed
 from .history import History
 from .hub import Hub
+from .keepalive import Heartbeat
 from .server import WebSocketServer, run_handshake_callback
 from .signatures import check_callback
 from .stats import Counters
@@ -107,9 +108,9 @@ class WebSocketApp(Hub[Connection]):
             TOO_MANY_CONNECTIONS,
             SHUTTING_DOWN,
         )
-        super().__init__(
-            websocket_server or WebSocketServer(), broker, Counters(handshake_errors), history
-        )
+        server = websocket_server or WebSocketServer()
+        super().__init__(server, broker, Counters(handshake_errors), history)
+        self._heartbeat = None if server.heartbeat is None else Heartbeat(server.heartbeat)
         self._on_establish = on_establish
         self._on_error: ErrorHandler = on_error or default_on_error
         self._max_connections = max_connections
@@ -149,6 +150,7 @@ class WebSocketApp(Hub[Connection]):
             groups=self._groups,
             forget=self._forget,
             counters=self._counters,
+            heartbeat=self._heartbeat,
             histories=self._histories,
         )
         self._counters.handshakes_accepted += 1
@@ -256,6 +258,8 @@ class WebSocketApp(Hub[Connection]):
         await self.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self._histories is not None:
             await self._histories.stop()
         await self._stop_broker()

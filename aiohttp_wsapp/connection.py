@@ -37,7 +37,7 @@ from .frames import BroadcastFrames, Opcode, encode_frame
 from .groups import Groups
 from .history import Position, Recovery
 from .hub import Hub
-from .keepalive import Keepalive
+from .keepalive import Heartbeat, Keepalive
 from .limits import Limits
 from .receiving import Receiver
 from .recovery import GroupHistories, check_since
@@ -73,8 +73,9 @@ class Connection:
     (``conn.user = ...``).
 
     Connections are made by the endpoint: it passes ``groups`` (the endpoint's group registry),
-    ``forget`` (called once, when the connection finishes) and ``counters`` (where what happens
-    to the connection is counted, for ``stats()``).
+    ``forget`` (called once, when the connection finishes), ``counters`` (where what happens
+    to the connection is counted, for ``stats()``) and ``heartbeat`` (the endpoint's rounds,
+    ``None`` without a heartbeat).
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class Connection:
         groups: Groups[Connection],
         forget: Callable[[Connection], None],
         counters: Counters,
+        heartbeat: Heartbeat | None,
         histories: GroupHistories[Connection] | None = None,
     ) -> None:
         self._app = app
@@ -111,7 +113,7 @@ class Connection:
             counters=counters,
         )
         ws.sender = self._sender
-        self._keepalive = Keepalive(settings.heartbeat, closing, self._sender)
+        self._keepalive = Keepalive(heartbeat, closing, self._sender)
         self._events = Events(self)
         self._limits = Limits.of(settings, closing, self._sender)  # counted from now on
         self._receiver = Receiver(

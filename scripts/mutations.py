@@ -116,8 +116,8 @@ MUTATIONS = (
     Mutation(
         name="heartbeat-x8",
         module="keepalive.py",
-        old="self._loop.call_later(self._heartbeat, self._round)",
-        new="self._loop.call_later(self._heartbeat * 8, self._round)",
+        old="self._interval = interval\n",
+        new="self._interval = interval * 8\n",
         tests=(
             "tests/test_lifecycle.py::"
             "test_heartbeat_pings_a_silent_peer_every_heartbeat_and_measures_latency",
