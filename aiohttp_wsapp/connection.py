@@ -126,13 +126,15 @@ class Connection:
             self._limits,
             counters,
         )
-        self._tasks: OwnedTasks | None = None
         self._registry = groups
         self._forget = forget
-        self._groups: frozenset[str] = frozenset()
         self._id = f"{_PROCESS_ID}-{next(_CONNECTION_NUMBERS)}"
-        self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task: asyncio.Task[Any] | None = None
+
+    # Set when first needed: most connections never need them.
+    _tasks: OwnedTasks | None = None
+    _groups: frozenset[str] = frozenset()
+    _finished: asyncio.Future[None] | None = None
+    _done = False  # whether the connection finished and its finish handlers returned
 
     # -- state ------------------------------------------------------------------------------
 
@@ -308,30 +310,11 @@ class Connection:
         :raises TypeError: ``coro`` is not a coroutine.
         """
         if self._tasks is None:
-            self._tasks = OwnedTasks(self._task_failed)
+            self._tasks = OwnedTasks(self._closing, self._events, self._sender)
         task = self._tasks.spawn(coro)
         if self._closing.state is CLOSED:
             task.cancel()
         return task
-
-    def _task_failed(self, exc: BaseException) -> Coroutine[Any, Any, None] | None:
-        """A task of :meth:`spawn` raised: return what reports it, if it is an error."""
-        state = self._closing.state
-        if isinstance(exc, ConnectionClosed) and state is not OPEN:
-            return None
-        if state is CLOSED:  # it raised while it was being cancelled
-            logger.error("a task of %r raised while it was cancelled", self, exc_info=exc)
-            return None
-        return self._report_task_failure(exc, self._events.error)  # the handlers of now
-
-    async def _report_task_failure(
-        self, exc: BaseException, handlers: tuple[Registration, ...]
-    ) -> None:
-        if not handlers:
-            logger.error("a task of %r raised", self, exc_info=exc)
-        else:
-            await self._events.report(handlers, exc)
-        self.close(WSCloseCode.INTERNAL_ERROR)
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -383,7 +366,12 @@ class Connection:
     @property
     def finished(self) -> asyncio.Future[None]:
         """Done once the connection finished and its ``finish`` handlers returned (for shutdown)."""
-        return self._finished
+        finished = self._finished
+        if finished is None:
+            finished = self._finished = asyncio.get_running_loop().create_future()
+            if self._done:
+                finished.set_result(None)
+        return finished
 
     def go_away(self) -> None:
         """Close with 1001 for the endpoint's shutdown, and end the server's side of the stream:
@@ -398,36 +386,36 @@ class Connection:
         For the endpoint's shutdown, once ``close_timeout`` has passed; not for applications.
         """
         self._closing.drop(WSCloseCode.ABNORMAL_CLOSURE, "")
-        if self._task is not None:
-            self._task.cancel()
+        self._request.task.cancel()  # the task that runs serve(), and the handler in it
 
     async def serve(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
         """Run the connection: ``on_establish``, then messages until it closes, then ``finish``.
 
         For the endpoint's request handler, which calls it once; not for applications.
         """
-        self._task = asyncio.current_task()
         self._keepalive.start()
         try:
-            await self._establish(on_establish, handshake_results)
+            try:
+                result = on_establish(self, self._request, handshake_results)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except ConnectionClosed:
+                logger.debug("on_establish of %r stopped: the connection closed", self)
+            except Exception:
+                logger.exception("on_establish raised for %r", self)
+                self.close(WSCloseCode.INTERNAL_ERROR)
             await self._receiver.run()  # after a close, until the peer answers it
         finally:
-            await self._events.run_finish(
-                self._finish(),
-                self._finished,
-                first=None if self._tasks is None else self._tasks.end,
-            )
-
-    async def _establish(self, on_establish: Handler, handshake_results: tuple[Any, ...]) -> None:
-        try:
-            result = on_establish(self, self._request, handshake_results)
-            if result is not None and inspect.isawaitable(result):
-                await result
-        except ConnectionClosed:
-            logger.debug("on_establish of %r stopped: the connection closed", self)
-        except Exception:
-            logger.exception("on_establish raised for %r", self)
-            self.close(WSCloseCode.INTERNAL_ERROR)
+            finishers = self._finish()
+            tasks = self._tasks
+            if finishers or tasks is not None:
+                await self._events.run_finish(
+                    finishers, self.finished, first=None if tasks is None else tasks.end
+                )
+            else:  # nothing to run: no task, no future unless someone waits for the finish
+                self._done = True
+                if self._finished is not None:
+                    self._finished.set_result(None)
 
     def _finish(self) -> tuple[Registration, ...]:
         """Enter CLOSED, leave the endpoint and release everything; return the finish handlers."""
@@ -435,9 +423,11 @@ class Connection:
         self._keepalive.stop()
         if self._limits is not None:
             self._limits.stop()
-        for name in self._groups:
-            self._registry.discard(name, self)
-        self._groups = frozenset()
+        if self._groups:
+            for name in self._groups:
+                self._registry.discard(name, self)
+            self._groups = frozenset()
         self._forget(self)
-        self._ws.closing = self._ws.sender = None
+        ws = self._ws
+        ws.closing = ws.sender = None
         return self._events.close()
