@@ -126,10 +126,10 @@ class WebSocketApp(Hub[Connection]):
         An ordinary aiohttp handler: ``router.add_get("/ws", wsapp.call)`` works too; then call
         ``wsapp.setup(app)`` so that shutdown and the broker follow the application.
         """
-        server = self.websocket_server
+        server = self._server
         try:
             self._admit(request)
-            protocol = self._check_request(request)
+            protocol = self._check_request(request, server)
             response = new_response(server, request, protocol)
             handshake_results: tuple[Any, ...] = ()
             if server.handshake or server.validator:
@@ -174,13 +174,14 @@ class WebSocketApp(Hub[Connection]):
         ):
             raise _HandshakeFailed(TOO_MANY_CONNECTIONS)
 
-    def _check_request(self, request: web.Request) -> str | None:
+    @staticmethod
+    def _check_request(request: web.Request, server: WebSocketServer) -> str | None:
         """Check the request as a handshake and its origin; return the chosen subprotocol."""
         try:
-            protocol = check_opening_handshake(request, self.websocket_server.protocols)
+            protocol = check_opening_handshake(request, server.protocols)
         except web.HTTPException as exc:
             raise _HandshakeFailed(INVALID_REQUEST, exc) from None
-        if not origin_allowed(self.websocket_server.allowed_origins, request):
+        if not origin_allowed(server.allowed_origins, request):
             raise _HandshakeFailed(ORIGIN_NOT_ALLOWED)
         return protocol
 

@@ -169,7 +169,9 @@ class Closing:
         events go through a :class:`_Watch` that starts the closing (and so arms its deadline).
         """
         transport = self._transport
-        transport.set_protocol(_Watch(transport.get_protocol(), self))
+        protocol = transport.get_protocol()
+        assert isinstance(protocol, asyncio.Protocol), "aiohttp's protocol is a Protocol"
+        transport.set_protocol(_Watch(protocol, self))
 
     def half_close(self) -> None:
         """End the server's side of the stream once the buffer is written: only after a close frame.
@@ -208,18 +210,20 @@ class Closing:
             self._gone.set_result(None)
 
     def finish(self) -> None:
-        """Enter CLOSED and close the socket; the deadline stays armed while it still flushes."""
-        self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
-        if self.state is not CLOSED:
-            assert self.code is not None
-            self._counters.finished_with(self.code)
+        """Enter CLOSED and close the socket; the deadline stays armed while it still flushes.
+
+        Called once, when the connection finishes.
+        """
+        if self.state is OPEN:
+            self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
+        assert self.code is not None
+        self._counters.finished_with(self.code)
         self.state = CLOSED
         transport = self._transport
         if not transport.is_closing():
             transport.close()
-        watch = transport.get_protocol()
-        if type(watch) is _Watch:  # aiohttp's own again: no cycle through the closing
-            transport.set_protocol(watch.protocol)
+        # The watch stays on the transport: the transport lets go of it (and so of this closing)
+        # when the socket is gone, and its end-of-stream after the finish changes nothing.
         if not transport.get_write_buffer_size():
             if self._deadline is not None:
                 self._deadline.cancel()
@@ -236,8 +240,7 @@ class _Watch(asyncio.Protocol):
 
     __slots__ = ("_closing", "data_received", "protocol")
 
-    def __init__(self, protocol: asyncio.BaseProtocol, closing: Closing) -> None:
-        assert isinstance(protocol, asyncio.Protocol), "aiohttp's protocol is a Protocol"
+    def __init__(self, protocol: asyncio.Protocol, closing: Closing) -> None:
         self.protocol = protocol
         """aiohttp's protocol."""
         self._closing = closing

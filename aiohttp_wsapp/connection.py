@@ -103,29 +103,19 @@ class Connection:
         ws.closing = closing
         closing.watch_transport()
         read_in_small_chunks(transport)
-        self._sender = Sender(
+        self._sender = ws.sender = sender = Sender(
             transport,
             writer,
             closing,
             send_buffer_limit=settings.send_buffer_limit,
-            deflater=negotiated_deflater(ws, settings.compression),
+            deflater=negotiated_deflater(ws, settings.compression) if ws.compress else None,
             owner=self,
             counters=counters,
         )
-        ws.sender = self._sender
-        self._keepalive = Keepalive(heartbeat, closing, self._sender)
-        self._events = Events(self)
-        self._limits = Limits.of(settings, closing, self._sender)  # counted from now on
-        self._receiver = Receiver(
-            self,
-            ws,
-            closing,
-            self._sender,
-            self._keepalive,
-            self._events,
-            self._limits,
-            counters,
-        )
+        self._keepalive = keepalive = Keepalive(heartbeat, closing, sender)
+        self._events = events = Events(self)
+        self._limits = limits = Limits.of(settings, closing, sender)  # counted from now on
+        self._receiver = Receiver(self, ws, closing, sender, keepalive, events, limits, counters)
         self._registry = groups
         self._forget = forget
         self._id = f"{_PROCESS_ID}-{next(_CONNECTION_NUMBERS)}"
@@ -223,6 +213,8 @@ class Connection:
         :raises ValueError: the event is not ``message``, ``finish``, ``close`` or ``error``.
         :raises TypeError: a handler is not callable, or the arguments mix the forms.
         """
+        if handler is not None and not handlers and event is not None:
+            return self._events.add(event, handler)  # the usual form, without the dict
         return self._events.on(event, handler, **handlers)
 
     def off(self, event: str, handler: Handler) -> None:

@@ -40,6 +40,8 @@ _EVENT_NAMES: Final = {
     "close": "finish",
     "error": "error",
 }
+_LATE_FINISHERS: Final[set[asyncio.Task[None]]] = set()
+"""The tasks of ``finish`` handlers registered after the finish, while they run."""
 EVENTS: Final = ("message", "finish", "error")
 """The events, by their own names (``close`` is another name of ``finish``)."""
 
@@ -57,17 +59,21 @@ def event_name(event: str) -> str:
 
 def wants_unregister(handler: Handler) -> bool:
     """Tell whether a ``message`` handler takes a third positional ``unregister`` argument."""
-    function = getattr(handler, "__func__", handler)
-    if type(function) is not types.FunctionType or hasattr(function, "__wrapped__"):
-        return _signature_wants_unregister(handler)
     # Registering runs once per connection: reading the code object costs far less than
     # inspect.signature, and says the same for plain functions and bound methods.
+    if type(handler) is types.FunctionType:
+        function, bound = handler, 0
+    elif type(handler) is types.MethodType and type(handler.__func__) is types.FunctionType:
+        function, bound = handler.__func__, 1
+    else:
+        return _signature_wants_unregister(handler)
+    if hasattr(function, "__wrapped__"):  # functools.wraps: the signature is the wrapped one's
+        return _signature_wants_unregister(handler)
     code = function.__code__
     if code.co_flags & inspect.CO_VARARGS:
         return True
-    bound = function is not handler
-    required = code.co_argcount - len(function.__defaults__ or ()) - bound
-    return required >= 3
+    defaults = function.__defaults__
+    return code.co_argcount - bound - (len(defaults) if defaults else 0) >= 3
 
 
 def _signature_wants_unregister(handler: Handler) -> bool:
@@ -105,7 +111,7 @@ class Events:
     ``finish`` handler registered runs at once (soon), and others are not kept.
     """
 
-    __slots__ = ("_closed", "_late_finishers", "_owner", "error", "finish", "message")
+    __slots__ = ("_closed", "_owner", "error", "finish", "message")
 
     def __init__(self, owner: object) -> None:
         # Weakly: the connection holds its registry, and a cycle would leave every finished
@@ -118,7 +124,6 @@ class Events:
         self.error: tuple[Registration, ...] = ()
         """The ``error`` handlers."""
         self._closed = False
-        self._late_finishers: set[asyncio.Task[None]] = set()
 
     @property
     def owner(self) -> object:
@@ -244,5 +249,5 @@ class Events:
         task = asyncio.get_running_loop().create_task(
             self._run_finish_handler(registration, self.owner)
         )
-        self._late_finishers.add(task)
-        task.add_done_callback(self._late_finishers.discard)
+        _LATE_FINISHERS.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_LATE_FINISHERS.discard)

@@ -46,13 +46,10 @@ def _saying(exception: _Refusal, reason: str) -> _Refusal:
 
 def _has_token(headers: CIMultiDictProxy[str], name: str, token: str) -> bool:
     """Tell whether the comma-separated header ``name`` lists ``token`` (case-insensitive)."""
-    value = headers.get(name)
-    if value is None:
-        return False
-    if value.lower() == token:  # the usual case, one header holding just the token
-        return True
     return any(
-        part.strip().lower() == token for each in headers.getall(name) for part in each.split(",")
+        part.strip().lower() == token
+        for each in headers.getall(name, ())
+        for part in each.split(",")
     )
 
 
@@ -70,9 +67,12 @@ def check_opening_handshake(request: web.Request, protocols: tuple[str, ...]) ->
     if request.version < (1, 1):
         raise _bad_request("HTTP/1.1 or later is required")
     headers = request.headers
-    if not _has_token(headers, hdrs.UPGRADE, "websocket"):
+    # The usual case first: one header holding just the token.
+    upgrade = headers.get(hdrs.UPGRADE, "")
+    if upgrade.lower() != "websocket" and not _has_token(headers, hdrs.UPGRADE, "websocket"):
         raise _bad_request("no 'Upgrade: websocket' header")
-    if not _has_token(headers, hdrs.CONNECTION, "upgrade"):
+    connection = headers.get(hdrs.CONNECTION, "")
+    if connection.lower() != "upgrade" and not _has_token(headers, hdrs.CONNECTION, "upgrade"):
         raise _bad_request("no 'Connection: upgrade' header")
     version = headers.get(hdrs.SEC_WEBSOCKET_VERSION)
     if version != "13":
@@ -91,11 +91,11 @@ def check_opening_handshake(request: web.Request, protocols: tuple[str, ...]) ->
     key = keys[0] if keys else ""
     if _SEC_WEBSOCKET_KEY.fullmatch(key) is None:
         raise _bad_request(f"bad Sec-WebSocket-Key {key!r}")
-    return _choose_protocol(headers, protocols)
+    return _choose_protocol(headers, protocols) if protocols else None
 
 
 def _choose_protocol(headers: CIMultiDictProxy[str], protocols: tuple[str, ...]) -> str | None:
-    if not protocols or hdrs.SEC_WEBSOCKET_PROTOCOL not in headers:
+    if hdrs.SEC_WEBSOCKET_PROTOCOL not in headers:
         return None
     # RFC 6455 §11.3.4: the header may come on several lines, which make one list.
     offered = {
@@ -129,10 +129,10 @@ def _same_origin(origin: str, request: web.Request) -> bool:
 def origin_allowed(policy: OriginPolicy, request: web.Request) -> bool:
     """Tell whether the request's ``Origin`` header passes ``policy`` (``allowed_origins``)."""
     origin = request.headers.get(hdrs.ORIGIN)
-    if policy == "*":
-        return True
     if policy is None:
         return origin is None or _same_origin(origin, request)
+    if policy == "*":
+        return True
     if callable(policy):
         return bool(policy(origin, request))
     return origin is not None and normalise_origin(origin) in policy

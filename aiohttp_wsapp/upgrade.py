@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, hdrs, web
 
 from .closing import Closing
 from .frames import Compression, MessageDeflater
@@ -32,7 +32,8 @@ aiohttp. A read under the threshold comes from the heap. It costs a connection s
 running at once.
 """
 _SMALL_READS: dict[type[asyncio.Transport], type[asyncio.Transport]] = {}
-"""Each transport class that reads more than ``_READ_SIZE``, with its subclass that does not."""
+"""Each transport class met, with its subclass that reads at most ``_READ_SIZE`` (itself if it
+already does)."""
 
 
 class Response(web.WebSocketResponse):
@@ -60,13 +61,14 @@ class Response(web.WebSocketResponse):
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
         """Close as aiohttp does, after telling the connection that the closing started."""
-        closing, sender = self.closing, self.sender
-        if closing is not None and sender is not None and code == WSCloseCode.MESSAGE_TOO_BIG:
-            # aiohttp refused a frame by its header: the rest of it is still on its way.
-            sender.close(code, cause=MESSAGE_TOO_BIG)
-            closing.half_close()
-            return True
-        if closing is not None:
+        closing = self.closing
+        if closing is not None:  # else the connection finished: aiohttp's write_eof lands here
+            sender = self.sender
+            if sender is not None and code == WSCloseCode.MESSAGE_TOO_BIG:
+                # aiohttp refused a frame by its header: the rest of it is still on its way.
+                sender.close(code, cause=MESSAGE_TOO_BIG)
+                closing.half_close()
+                return True
             # aiohttp closes with 1000 when the peer's socket ended without a close frame, and
             # with the protocol error's code when the peer broke the protocol.
             if code == WSCloseCode.OK:
@@ -111,8 +113,10 @@ def new_response(settings: WebSocketServer, request: web.Request, protocol: str 
 
 
 def _offers_deflate(request: web.Request) -> bool:
-    offers = request.headers.getall("Sec-WebSocket-Extensions", ())
-    return any("permessage-deflate" in offer for offer in offers)
+    for offer in request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()):
+        if "permessage-deflate" in offer:
+            return True
+    return False
 
 
 def negotiated_deflater(
@@ -136,9 +140,12 @@ def read_in_small_chunks(transport: asyncio.Transport) -> None:
     read into a buffer of the loop's own) are left as they are.
     """
     cls = type(transport)
-    if getattr(cls, "max_size", 0) <= _READ_SIZE:
-        return
     small = _SMALL_READS.get(cls)
     if small is None:
-        small = _SMALL_READS[cls] = type(cls.__name__, (cls,), {"max_size": _READ_SIZE})
-    transport.__class__ = small
+        if getattr(cls, "max_size", 0) <= _READ_SIZE:
+            small = cls
+        else:
+            small = type(cls.__name__, (cls,), {"max_size": _READ_SIZE})
+        _SMALL_READS[cls] = small
+    if small is not cls:
+        transport.__class__ = small
