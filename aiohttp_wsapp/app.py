@@ -128,13 +128,13 @@ class WebSocketApp(Hub[Connection]):
         """
         server = self._server
         try:
-            self._admit(request)
+            transport = self._admit(request)
             protocol = self._check_request(request, server)
             response = new_response(server, request, protocol)
             handshake_results: tuple[Any, ...] = ()
             if server.handshake or server.validator:
                 handshake_results = await self._run_handshake(request, response)
-                self._admit(request)  # others may have come in while the callback awaited
+                transport = self._admit(request)  # others may have come in meanwhile
         except _HandshakeFailed as failure:
             return await self._answer_failure(request, failure)
         self._preparing += 1  # counted against max_connections while the 101 is sent
@@ -147,6 +147,7 @@ class WebSocketApp(Hub[Connection]):
             request,
             response,
             writer,
+            transport,
             groups=self._groups,
             forget=self._forget,
             counters=self._counters,
@@ -162,8 +163,10 @@ class WebSocketApp(Hub[Connection]):
         await connection.serve(self._on_establish, handshake_results)
         return response
 
-    def _admit(self, request: web.Request) -> None:
-        if request.transport is None:
+    def _admit(self, request: web.Request) -> asyncio.Transport:
+        """Return the request's transport if a connection may be established on it now."""
+        transport = request.transport
+        if transport is None:
             raise _HandshakeFailed(NOT_SUPPORTED)
         if self._shutting_down or self._drain is not None:
             raise _HandshakeFailed(SHUTTING_DOWN)
@@ -173,6 +176,7 @@ class WebSocketApp(Hub[Connection]):
             and len(self.connections) + self._preparing >= max_connections
         ):
             raise _HandshakeFailed(TOO_MANY_CONNECTIONS)
+        return transport
 
     @staticmethod
     def _check_request(request: web.Request, server: WebSocketServer) -> str | None:

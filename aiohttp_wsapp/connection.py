@@ -72,7 +72,8 @@ class Connection:
     is kept: close it with :meth:`close`. Applications may keep their own attributes on it
     (``conn.user = ...``).
 
-    Connections are made by the endpoint: it passes ``groups`` (the endpoint's group registry),
+    Connections are made by the endpoint, with the request's ``transport``, once the 101 is
+    sent (``writer``). The endpoint passes ``groups`` (the endpoint's group registry),
     ``forget`` (called once, when the connection finishes), ``counters`` (where what happens
     to the connection is counted, for ``stats()``) and ``heartbeat`` (the endpoint's rounds,
     ``None`` without a heartbeat).
@@ -84,6 +85,7 @@ class Connection:
         request: web.Request,
         ws: Response,
         writer: AbstractStreamWriter,
+        transport: asyncio.Transport,
         *,
         groups: Groups[Connection],
         forget: Callable[[Connection], None],
@@ -95,8 +97,6 @@ class Connection:
         self._histories = histories
         self._request = request
         self._ws = ws
-        transport = request.transport
-        assert transport is not None, "a prepared WebSocketResponse has a transport"
         self._transport = transport
         settings = app.websocket_server
         self._closing = closing = Closing(transport, settings.close_timeout, counters)
@@ -118,13 +118,12 @@ class Connection:
         self._receiver = Receiver(self, ws, closing, sender, keepalive, events, limits, counters)
         self._registry = groups
         self._forget = forget
+        self._groups: frozenset[str] = frozenset()
         self._id = f"{_PROCESS_ID}-{next(_CONNECTION_NUMBERS)}"
-
-    # Set when first needed: most connections never need them.
-    _tasks: OwnedTasks | None = None
-    _groups: frozenset[str] = frozenset()
-    _finished: asyncio.Future[None] | None = None
-    _done = False  # whether the connection finished and its finish handlers returned
+        # Made when first needed: most connections never need them.
+        self._tasks: OwnedTasks | None = None
+        self._finished: asyncio.Future[None] | None = None
+        self._done = False  # whether the connection finished and its finish handlers returned
 
     # -- state ------------------------------------------------------------------------------
 

@@ -282,12 +282,14 @@ class Hub(Generic[Connection]):
     def _add(self, connection: Connection) -> None:
         """``connection`` is open."""
         self._connections.add(connection)
-        self._counts_changed()
+        if self._broker is not None:
+            self._broker.counts_changed()
 
     def _forget(self, connection: Connection) -> None:
         """``connection`` has finished."""
         self._connections.discard(connection)
-        self._counts_changed()
+        if self._broker is not None:
+            self._broker.counts_changed()
 
     def _group_created(self, name: str) -> None:
         if self._broker is not None:

@@ -104,8 +104,7 @@ def new_response(settings: WebSocketServer, request: web.Request, protocol: str 
         # started completes in that same loop instead of aiohttp dropping the socket.
         autoclose=False,
     )
-    if deflate:
-        response.message_limit = limit
+    response.message_limit = limit if deflate else None
     if protocol:
         # aiohttp reads only the first Sec-WebSocket-Protocol line; the offer may span several.
         response.headers["Sec-WebSocket-Protocol"] = protocol
