@@ -6,11 +6,11 @@ closing arms one deadline of ``close_timeout`` that aborts the socket, whatever 
 (answering the peer's close with nothing unsent arms it only if the answer is still unsent when
 the connection finishes).
 
-The peer's end of stream reaches the closing through a watch on the transport's protocol
-(:meth:`Closing.watch_transport`). Where aiohttp cannot read the peer's answer to a close (during
-shutdown, after a message too big), the server ends its side of the stream after its close frame
-(:meth:`Closing.half_close`) and waits for the peer's end (:meth:`Closing.linger`): the socket
-then ends with a FIN both ways, not a reset.
+The peer's end of stream reaches the closing because it stands, as the transport's protocol, in
+front of aiohttp's (:meth:`Closing.watch_transport`). Where aiohttp cannot read the peer's answer
+to a close (during shutdown, after a message too big), the server ends its side of the stream
+after its close frame (:meth:`Closing.half_close`) and waits for the peer's end
+(:meth:`Closing.linger`): the socket then ends with a FIN both ways, not a reset.
 """
 
 from __future__ import annotations
@@ -86,11 +86,16 @@ def abort(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
-class Closing:
+class Closing(asyncio.Protocol):
     """The state of one connection, its close code and reason, and the deadline of its closing.
 
     ``transport`` is the connection's socket; ``timeout`` is ``close_timeout``. ``counters``
     count the connections dropped (by cause) and finished (by close code).
+
+    Once :meth:`watch_transport` ran, it is also the transport's protocol, in front of
+    aiohttp's: it passes every event on, and learns of the peer's end of stream and of the end
+    of the socket. (One object for both: a connection's objects are most of what a handshake
+    costs above raw aiohttp's.)
     """
 
     __slots__ = (
@@ -99,9 +104,11 @@ class Closing:
         "_gone",
         "_half_closed",
         "_peer_gone",
+        "_protocol",
         "_timeout",
         "_transport",
         "code",
+        "data_received",
         "reason",
         "state",
     )
@@ -166,12 +173,18 @@ class Closing:
         On the peer's end of stream asyncio (and uvloop) close the transport without telling
         aiohttp, and that close waits for the buffer to flush, without a limit: a peer that
         stops reading and then half-closes would hold the socket for ever. The transport's
-        events go through a :class:`_Watch` that starts the closing (and so arms its deadline).
+        events go through this closing, which starts (and so arms its deadline) on the EOF.
+
+        The transport keeps it until the socket is gone, whatever happens to the connection:
+        asyncio and uvloop let go of their protocol then, so no cycle outlives the socket.
         """
         transport = self._transport
         protocol = transport.get_protocol()
         assert isinstance(protocol, asyncio.Protocol), "aiohttp's protocol is a Protocol"
-        transport.set_protocol(_Watch(protocol, self))
+        self._protocol = protocol
+        # Read for every message: the protocol's own method, so that it costs no extra call.
+        self.data_received = protocol.data_received  # type: ignore[method-assign]
+        transport.set_protocol(self)
 
     def half_close(self) -> None:
         """End the server's side of the stream once the buffer is written: only after a close frame.
@@ -195,14 +208,26 @@ class Closing:
             self._gone = asyncio.get_running_loop().create_future()
         await self._gone
 
-    def peer_ended(self) -> None:
-        """The peer ended its side of the stream (end of file)."""
+    # -- the transport's events, passed on to aiohttp's protocol ----------------------------
+
+    def eof_received(self) -> bool | None:
+        """Start the closing; then aiohttp's protocol decides (it lets the transport close)."""
         self.start(WSCloseCode.ABNORMAL_CLOSURE, "")
         self._gone_now()
+        return self._protocol.eof_received()
 
-    def lost(self) -> None:
-        """The socket is gone."""
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Note that the socket is gone; pass it on."""
         self._gone_now()
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """Pass it on: aiohttp's writer waits while the transport's buffer is full."""
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Pass it on."""
+        self._protocol.resume_writing()
 
     def _gone_now(self) -> None:
         self._peer_gone = True
@@ -222,8 +247,8 @@ class Closing:
         transport = self._transport
         if not transport.is_closing():
             transport.close()
-        # The watch stays on the transport: the transport lets go of it (and so of this closing)
-        # when the socket is gone, and its end-of-stream after the finish changes nothing.
+        # This closing stays the transport's protocol until the socket is gone (see
+        # watch_transport); an end of stream after the finish changes nothing.
         if not transport.get_write_buffer_size():
             if self._deadline is not None:
                 self._deadline.cancel()
@@ -233,34 +258,3 @@ class Closing:
     def error(self) -> ConnectionClosed:
         """Return the exception that an operation on the closed connection raises."""
         return ConnectionClosed(self.code, self.reason)
-
-
-class _Watch(asyncio.Protocol):
-    """Passes a transport's events on to aiohttp's protocol, telling the closing of an EOF."""
-
-    __slots__ = ("_closing", "data_received", "protocol")
-
-    def __init__(self, protocol: asyncio.Protocol, closing: Closing) -> None:
-        self.protocol = protocol
-        """aiohttp's protocol."""
-        self._closing = closing
-        # Read for every message: the protocol's own method, so that it costs no extra call.
-        self.data_received = protocol.data_received  # type: ignore[method-assign]
-
-    def eof_received(self) -> bool | None:
-        """Start the closing; then aiohttp's protocol decides (it lets the transport close)."""
-        self._closing.peer_ended()
-        return self.protocol.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Tell the closing; pass it on."""
-        self._closing.lost()
-        self.protocol.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        """Pass it on: aiohttp's writer waits while the transport's buffer is full."""
-        self.protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        """Pass it on."""
-        self.protocol.resume_writing()

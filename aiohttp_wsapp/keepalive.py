@@ -40,11 +40,12 @@ class Heartbeat:
     connections in the rounds.
     """
 
-    __slots__ = ("_checking", "_interval", "_loop", "_members", "_pinged", "_timer")
+    __slots__ = ("_checking", "_interval", "_loop", "_pinged", "_timer", "members")
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._members: set[Keepalive] = set()
+        self.members: set[Keepalive] = set()
+        """The connections in the rounds; one leaves them with ``members.discard``."""
         self._pinged: list[Keepalive] = []
         self._checking = False  # whether the next tick is the check of a round's pongs
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -52,16 +53,12 @@ class Heartbeat:
 
     def add(self, keepalive: Keepalive) -> None:
         """Take ``keepalive`` into the rounds."""
-        self._members.add(keepalive)
+        self.members.add(keepalive)
         loop = asyncio.get_running_loop()
         if self._timer is None or self._loop is not loop:
             self._loop = loop
             self._checking = True  # a new round half a round from now: nobody is pinged yet
             self._timer = loop.call_later(self._interval / 2, self._tick)
-
-    def discard(self, keepalive: Keepalive) -> None:
-        """Take ``keepalive`` out of the rounds."""
-        self._members.discard(keepalive)
 
     def stop(self) -> None:
         """Stop the timer (the endpoint's application stopped)."""
@@ -75,10 +72,10 @@ class Heartbeat:
             for keepalive in pinged:
                 keepalive.check_pong()
         else:
-            members = self._members
+            members = self.members
             self._pinged = [keepalive for keepalive in tuple(members) if keepalive.ping_if_quiet()]
         self._checking = not self._checking
-        if not self._members and not self._pinged:
+        if not self.members and not self._pinged:
             self._timer = None
             return
         assert self._loop is not None
@@ -112,7 +109,7 @@ class Keepalive:
     def stop(self) -> None:
         """Leave the rounds."""
         if self._heartbeat is not None:
-            self._heartbeat.discard(self)
+            self._heartbeat.members.discard(self)
 
     def pong_received(self) -> None:
         """Take the peer's pong: the answer to the round's ping, or else a sign of life."""
