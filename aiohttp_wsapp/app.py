@@ -117,6 +117,8 @@ class WebSocketApp(Hub[Connection]):
         self._shutting_down = False
         self._drain: Drain | None = None
         self._preparing = 0
+        # One bound method for every connection, rather than a new one each.
+        self._forget_connection = self._forget
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -149,7 +151,7 @@ class WebSocketApp(Hub[Connection]):
             writer,
             transport,
             groups=self._groups,
-            forget=self._forget,
+            forget=self._forget_connection,
             counters=self._counters,
             heartbeat=self._heartbeat,
             histories=self._histories,

@@ -59,6 +59,7 @@ Endpoint: TypeAlias = Hub["Connection"]
 # __getattr__ on Python 3.11 (about 0.1 µs, some 800 instructions): module constants do not.
 _TEXT: Final = Opcode.TEXT
 _BINARY: Final = Opcode.BINARY
+_NO_GROUPS: Final[frozenset[str]] = frozenset()  # one for all: frozenset() makes a new one
 _PROCESS_ID: Final = secrets.token_hex(8)
 _CONNECTION_NUMBERS: Final = count()
 
@@ -122,7 +123,7 @@ class Connection:
         self._receiver = Receiver(self, ws, closing, sender, keepalive, events, limits, counters)
         self._registry = groups
         self._forget = forget
-        self._groups: frozenset[str] = frozenset()
+        self._groups: frozenset[str] = _NO_GROUPS
         self._id = f"{_PROCESS_ID}-{next(_CONNECTION_NUMBERS)}"
         # Made when first needed: most connections never need them.
         self._tasks: OwnedTasks | None = None
@@ -421,7 +422,7 @@ class Connection:
         if self._groups:
             for name in self._groups:
                 self._registry.discard(name, self)
-            self._groups = frozenset()
+            self._groups = _NO_GROUPS
         self._forget(self)
         ws = self._ws
         ws.closing = ws.sender = None
