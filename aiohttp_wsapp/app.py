@@ -144,17 +144,18 @@ class WebSocketApp(Hub[Connection]):
             writer = await response.prepare(request)
         finally:
             self._preparing -= 1
+        # Positional arguments: a class called with keywords gets them in a new dict.
         connection = Connection(
             self,
             request,
             response,
             writer,
             transport,
-            groups=self._groups,
-            forget=self._forget_connection,
-            counters=self._counters,
-            heartbeat=self._heartbeat,
-            histories=self._histories,
+            self._groups,
+            self._forget_connection,
+            self._counters,
+            self._heartbeat,
+            self._histories,
         )
         self._counters.handshakes_accepted += 1
         self._add(connection)

@@ -91,7 +91,6 @@ class Connection:
         ws: Response,
         writer: AbstractStreamWriter,
         transport: asyncio.Transport,
-        *,
         groups: Groups[Connection],
         forget: Callable[[Connection], None],
         counters: Counters,
@@ -108,14 +107,10 @@ class Connection:
         ws.closing = closing
         closing.watch_transport()
         read_in_small_chunks(transport)
+        deflater = negotiated_deflater(ws, settings.compression) if ws.compress else None
+        # Positional arguments: a class called with keywords gets them in a new dict.
         self._sender = ws.sender = sender = Sender(
-            transport,
-            writer,
-            closing,
-            send_buffer_limit=settings.send_buffer_limit,
-            deflater=negotiated_deflater(ws, settings.compression) if ws.compress else None,
-            owner=self,
-            counters=counters,
+            transport, writer, closing, settings.send_buffer_limit, deflater, self, counters
         )
         self._keepalive = keepalive = Keepalive(heartbeat, closing, sender)
         self._events = events = Events(self)

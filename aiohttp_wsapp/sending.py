@@ -107,7 +107,6 @@ class Sender:
         transport: asyncio.Transport,
         writer: AbstractStreamWriter,
         closing: Closing,
-        *,
         send_buffer_limit: int,
         deflater: MessageDeflater | None,
         owner: object,
