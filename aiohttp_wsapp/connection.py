@@ -384,7 +384,6 @@ class Connection:
 
         For the endpoint's request handler, which calls it once; not for applications.
         """
-        self._keepalive.start()
         try:
             try:
                 result = on_establish(self, self._request, handshake_results)

@@ -160,7 +160,9 @@ class Events:
         :raises ValueError: there is no such event.
         :raises TypeError: ``handler`` is not callable.
         """
-        name = event_name(event)
+        name = _EVENT_NAMES.get(event) if type(event) is str else None
+        if name is None:
+            name = event_name(event)  # a str subclass, or no such event (which raises)
         if not callable(handler):
             raise TypeError(f"a {event} handler must be callable, not {type(handler).__name__}")
         registration = Registration(self, name, handler)

@@ -83,7 +83,8 @@ class Heartbeat:
 
 
 class Keepalive:
-    """One connection in its endpoint's heartbeat rounds (``heartbeat`` ``None``: none).
+    """One connection in its endpoint's heartbeat rounds (``heartbeat`` ``None``: none), from
+    its making (the connection's establishment) until :meth:`stop`.
 
     Nothing happens once the closing started.
     """
@@ -100,11 +101,8 @@ class Keepalive:
         self._closing = closing
         self._sender = sender
         self._ping_sent_at: float | None = None
-
-    def start(self) -> None:
-        """Join the endpoint's rounds."""
-        if self._heartbeat is not None:
-            self._heartbeat.add(self)
+        if heartbeat is not None:
+            heartbeat.add(self)
 
     def stop(self) -> None:
         """Leave the rounds."""

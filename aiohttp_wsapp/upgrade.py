@@ -88,7 +88,12 @@ def new_response(settings: WebSocketServer, request: web.Request, protocol: str 
     # holds a compressed frame to that limit before inflating it (up to that limit too), so a
     # message that compression made larger would be refused: where deflate may be negotiated,
     # aiohttp gets room for deflate's worst overhead and the connection checks the inflated size.
-    deflate = settings.compression is not None and _offers_deflate(request)
+    deflate = False
+    if settings.compression is not None:
+        for offer in request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()):
+            if "permessage-deflate" in offer:
+                deflate = True
+                break
     frame_limit = limit + limit // 16 + 1024 if deflate else limit + 1
     response = Response(
         protocols=(protocol,) if protocol else (),
@@ -106,13 +111,6 @@ def new_response(settings: WebSocketServer, request: web.Request, protocol: str 
         # aiohttp reads only the first Sec-WebSocket-Protocol line; the offer may span several.
         response.headers["Sec-WebSocket-Protocol"] = protocol
     return response
-
-
-def _offers_deflate(request: web.Request) -> bool:
-    for offer in request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()):
-        if "permessage-deflate" in offer:
-            return True
-    return False
 
 
 def negotiated_deflater(
