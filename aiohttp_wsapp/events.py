@@ -166,8 +166,13 @@ class Events:
         if not callable(handler):
             raise TypeError(f"a {event} handler must be callable, not {type(handler).__name__}")
         registration = Registration(self, name, handler)
-        if not self._closed:
-            setattr(self, name, (*getattr(self, name), registration))
+        if not self._closed:  # attributes by name, not setattr(): the store is specialised
+            if name == "message":
+                self.message = (*self.message, registration)
+            elif name == "finish":
+                self.finish = (*self.finish, registration)
+            else:
+                self.error = (*self.error, registration)
         elif name == "finish":
             self._run_late_finish(registration)
         # else: a finished connection has no more messages or errors to dispatch.

@@ -73,12 +73,13 @@ class Response(web.WebSocketResponse):
             else:
                 too_big = code == WSCloseCode.MESSAGE_TOO_BIG
                 closing.start(code, "", cause=MESSAGE_TOO_BIG if too_big else PROTOCOL_ERROR)
-        return await super().close(code=code, message=message, drain=False)
+        # aiohttp's close, called through the class: a super() object costs more.
+        return await web.WebSocketResponse.close(self, code=code, message=message, drain=False)
 
     async def answer_close(self, code: int) -> None:
         """Answer the peer's close frame with ``code`` and close the socket: the handshake is
         complete, the peer sends nothing more."""
-        await super().close(code=code, drain=False)
+        await web.WebSocketResponse.close(self, code=code, drain=False)
 
 
 def new_response(settings: WebSocketServer, request: web.Request, protocol: str | None) -> Response:
