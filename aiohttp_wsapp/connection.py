@@ -119,8 +119,8 @@ class Connection:
         self._registry = groups
         self._forget = forget
         self._groups: frozenset[str] = _NO_GROUPS
-        self._id = f"{_PROCESS_ID}-{next(_CONNECTION_NUMBERS)}"
         # Made when first needed: most connections never need them.
+        self._id: str | None = None
         self._tasks: OwnedTasks | None = None
         self._finished: asyncio.Future[None] | None = None
         self._done = False  # whether the connection finished and its finish handlers returned
@@ -352,7 +352,10 @@ class Connection:
     @property
     def id(self) -> str:
         """Names this connection in every process that shares the broker (for ``exclude``)."""
-        return self._id
+        id_ = self._id
+        if id_ is None:
+            id_ = self._id = f"{_PROCESS_ID}-{next(_CONNECTION_NUMBERS)}"
+        return id_
 
     @property
     def finished(self) -> asyncio.Future[None]:

@@ -226,6 +226,10 @@ class Hub(Generic[Connection]):
             else BroadcastFrames(Opcode.BINARY, data)
         )
         exclude = broadcast.exclude
+        if not exclude:
+            for connection in targets:
+                connection.send_broadcast(frames)
+            return
         for connection in targets:
             if connection.id not in exclude:
                 connection.send_broadcast(frames)
