@@ -4,8 +4,8 @@ pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7 or later).
 The broker reads the cluster's map (:mod:`.topology`), keeps a :class:`.shards.Shard` per
 primary (a subscriber, a publisher, a client: :mod:`.shards`), and reads the map again
 (:mod:`.nodes`) whenever a primary's connection is lost or a node answers ``MOVED``, until every
-primary's shard is connected again. The names (:class:`.names.TaggedChannels`), the wire format (:mod:`.codec`) and
-presence (:mod:`.presence`) are :class:`.broker.RedisBroker`'s.
+primary's shard is connected again. The names (:class:`.names.TaggedChannels`), the wire format
+(:mod:`.codec`) and presence (:mod:`.presence`) are :class:`.broker.RedisBroker`'s.
 """
 
 from __future__ import annotations
