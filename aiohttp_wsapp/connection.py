@@ -273,12 +273,13 @@ class Connection:
             return self._sender.dropped("ping")
         return self._sender.write(encode_frame(Opcode.PING, bytes(data)))
 
-    def send_broadcast(self, frames: BroadcastFrames) -> None:
-        """Send one broadcast message, in the frame its peers of a kind share.
+    def send_broadcast(self, frames: BroadcastFrames) -> bool:
+        """Send one broadcast message, in the frame its peers of a kind share; tell whether it
+        went out (not counted: the caller counts the peers a broadcast reached).
 
         For the endpoint's :meth:`WebSocketApp.broadcast`, not for applications.
         """
-        self._sender.broadcast(frames)
+        return self._sender.broadcast(frames)
 
     def send_replay(self, messages: Sequence[BroadcastFrames]) -> None:
         """Send broadcast messages in one write: for the history's replay, not for applications."""

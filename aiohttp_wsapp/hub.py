@@ -88,7 +88,7 @@ class Hub(Generic[Connection]):
         )
         self._histories: GroupHistories[Connection] | None = None
         if history is not None:
-            self._histories = GroupHistories(history, broker, self._groups.members)
+            self._histories = GroupHistories(history, broker, self._groups.members, self._counters)
             if broker is not None:
                 broker.on_reconnected(self._histories.check_gaps)
         self._last_turn = 0.0
@@ -226,9 +226,11 @@ class Hub(Generic[Connection]):
             else BroadcastFrames(Opcode.BINARY, data)
         )
         exclude = broadcast.exclude
+        reached = 0  # counted here, once per broadcast, rather than once per peer
         for connection in targets:
-            if connection.id not in exclude:
-                connection.send_broadcast(frames)
+            if connection.id not in exclude and connection.send_broadcast(frames):
+                reached += 1
+        self._counters.broadcast_sent(reached, frames.payload)
 
     # -- figures ----------------------------------------------------------------------------
 
