@@ -22,12 +22,13 @@ import argparse
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from picows import WSFrame, WSMsgType
 
 from benchmarks.callgrind import STEP_TIMEOUT, Callgrind, Target, count_phases, progress
 from benchmarks.client import Peer, close_all, connect_many
-from benchmarks.common import BROADCAST_COMMAND, TOOK_PREFIX
+from benchmarks.common import BROADCAST_COMMAND
 
 __all__ = ["TARGETS", "main"]
 
@@ -86,7 +87,7 @@ async def broadcasts(trigger: Peer, round_: Round, count: int) -> None:
 
 async def measure_target(
     target: Target, peers: int, count: int, phases: int, outdir: Path
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Start ``target`` under callgrind; count its broadcasts to ``peers`` connections."""
     server = Callgrind(target, outdir, dump_instr=False)
     try:
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> None:
                     target, options.peers, options.broadcasts, options.phases, Path(outdir)
                 )
             )
-            per_peer = float(result["per_unit"]) / options.peers  # type: ignore[arg-type]
-            low, high = (value / options.peers for value in result["spread"])  # type: ignore[attr-defined]
+            per_peer = result["per_unit"] / options.peers
+            low, high = (value / options.peers for value in result["spread"])
             rows.append(f"| {target.label} | {per_peer:,.0f} ({low:,.0f}-{high:,.0f}) |")
     print(f"Instructions per peer of a 100-byte broadcast to {options.peers} connections")
     print(f"(mean of {options.phases} phases of {options.broadcasts} broadcasts)\n")
