@@ -13,25 +13,26 @@ import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-import aiohttp
 import pytest
 from redis_server import (
     CLUSTER_NODE_TIMEOUT_MS,
     ClusterNode,
+    HistoryClient,
     Node,
     NodeClient,
     RedisCluster,
+    StartNode,
     burst_received_by,
+    connecting,
     free_port,
     receive_all,
+    starting_nodes,
     wait_for_count,
     wait_until,
 )
 from support import TIMEOUT, require_module, require_program
-from test_history_redis import Client as HistoryClient
-from test_history_redis import HistoryNode
 
-from aiohttp_wsapp import BrokerError, Position, create_app
+from aiohttp_wsapp import BrokerError, History, Position, create_app
 
 PREFIX = "aiohttp_wsapp"
 RESUMED_WITHIN = 1.0
@@ -70,39 +71,21 @@ def healthy(cluster: RedisCluster) -> Iterator[RedisCluster]:
     cluster.wait_healthy()
 
 
-StartNode = Callable[[], Awaitable[Node]]
 Connect = Callable[[Node], Awaitable[NodeClient]]
 
 
 @pytest.fixture
 async def start_node(healthy: RedisCluster) -> AsyncIterator[StartNode]:
     """Start endpoint processes with a ``RedisClusterBroker``; stop them after the test."""
-    started: list[Node] = []
-
-    async def start() -> Node:
-        node = Node(healthy.url, prefix=PREFIX, cluster=True)
-        started.append(node)
-        await node.start()
-        return node
-
-    yield start
-    await asyncio.gather(*(node.stop() for node in started))
+    async with starting_nodes(healthy.url, prefix=PREFIX, cluster=True) as start:
+        yield start
 
 
 @pytest.fixture
 async def connect() -> AsyncIterator[Connect]:
     """Open client connections to nodes; close them after the test."""
-    clients: list[NodeClient] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def connect(node: Node) -> NodeClient:
-            client = NodeClient(await session.ws_connect(node.url))
-            clients.append(client)
-            return client
-
+    async with connecting(NodeClient) as connect:
         yield connect
-        for client in clients:
-            await client.ws.close()
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -421,7 +404,7 @@ async def test_a_broker_in_this_process_delivers_counts_and_leaves_nothing_behin
 # -- history on the cluster (SPEC §8) ------------------------------------------------------------
 
 HISTORY_PREFIX = "history-test"
-"""The prefix of ``tests/history_node.py``'s endpoints."""
+"""The prefix of the history nodes' endpoints."""
 
 
 def history_groups_by_primary(cluster: RedisCluster, name: str) -> dict[str, list[str]]:
@@ -435,49 +418,28 @@ def history_groups_by_primary(cluster: RedisCluster, name: str) -> dict[str, lis
     return by_primary
 
 
-StartHistoryNode = Callable[..., Awaitable[HistoryNode]]
 ConnectHistory = Callable[..., Awaitable[HistoryClient]]
 
 
 @pytest.fixture
-async def start_history_node(healthy: RedisCluster) -> AsyncIterator[StartHistoryNode]:
+async def start_history_node(healthy: RedisCluster) -> AsyncIterator[StartNode]:
     """Start endpoint processes with history through a ``RedisClusterBroker``."""
-    started: list[HistoryNode] = []
-
-    async def start(size: int = 1000) -> HistoryNode:
-        node = HistoryNode(healthy.url, size=size, ttl=300.0, cluster=True)
-        started.append(node)
-        await node.start()
-        return node
-
-    yield start
-    await asyncio.gather(*(node.stop() for node in started))
+    history = History(size=1000, ttl=300.0)
+    async with starting_nodes(
+        healthy.url, prefix=HISTORY_PREFIX, cluster=True, history=history
+    ) as start:
+        yield start
 
 
 @pytest.fixture
 async def connect_history() -> AsyncIterator[ConnectHistory]:
     """Open clients to history nodes, joining with a query string; close them after the test."""
-    clients: list[HistoryClient] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def connect(
-            node: Node, join: tuple[str, ...] = (), since: dict[str, Position] | None = None
-        ) -> HistoryClient:
-            query = [("join", group) for group in join]
-            query += [(f"since.{group}", str(p)) for group, p in (since or {}).items()]
-            client = HistoryClient(await session.ws_connect(node.url, params=query))
-            clients.append(client)
-            for _ in range(len(query)):
-                client.joins.append(await client.joined())
-            return client
-
+    async with connecting(HistoryClient) as connect:
         yield connect
-        for client in clients:
-            await client.ws.close()
 
 
 async def test_history_positions_and_replay_across_processes_on_every_shard(
-    start_history_node: StartHistoryNode, connect_history: ConnectHistory, healthy: RedisCluster
+    start_history_node: StartNode, connect_history: ConnectHistory, healthy: RedisCluster
 ) -> None:
     groups = tuple(names[0] for names in history_groups_by_primary(healthy, "h").values())
     assert len(groups) == 3  # one group per primary
@@ -491,7 +453,7 @@ async def test_history_positions_and_replay_across_processes_on_every_shard(
         epoch = sent[group][0].epoch
         assert sent[group] == [Position(epoch, n) for n in range(1, 5)]
     for client in (on_a, on_b):
-        got = [await client.envelope() for _ in range(4 * len(groups))]
+        got = [await client.next() for _ in range(4 * len(groups))]
         for group in groups:
             mine = [envelope for envelope in got if envelope[0] == group]
             assert mine == [(group, p, f"{group} m{n}") for n, p in enumerate(sent[group])]
@@ -508,16 +470,16 @@ async def test_history_positions_and_replay_across_processes_on_every_shard(
         }
         for group in groups
     ]
-    replayed = [await back.envelope() for _ in range(3 * len(groups))]
+    replayed = [await back.next() for _ in range(3 * len(groups))]
     assert replayed == [
         (group, p, f"{group} m{n}") for group in groups for n, p in enumerate(sent[group]) if n > 0
     ]
 
 
 async def test_a_trimmed_history_on_the_cluster_is_not_recovered(
-    start_history_node: StartHistoryNode, connect_history: ConnectHistory
+    start_history_node: StartNode, connect_history: ConnectHistory
 ) -> None:
-    a = await start_history_node(size=3)
+    a = await start_history_node(history=History(size=3, ttl=300.0))
     talker = await connect_history(a, join=("trimmed",))
     sent = [await talker.broadcast("trimmed", f"m{n}") for n in range(5)]
     back = await connect_history(a)
@@ -525,11 +487,11 @@ async def test_a_trimmed_history_on_the_cluster_is_not_recovered(
     assert (reply["recovered"], reply["replayed"], reply["position"]) == (False, 0, str(sent[-1]))
     reply = await back.command("join", group="trimmed", since=str(sent[1]))
     assert (reply["recovered"], reply["replayed"]) == (True, 3)
-    assert [p for _, p, _ in [await back.envelope() for _ in range(3)]] == sent[2:]
+    assert [p for _, p, _ in [await back.next() for _ in range(3)]] == sent[2:]
 
 
 async def test_history_survives_a_failover_to_a_replica_that_had_it(
-    healthy: RedisCluster, start_history_node: StartHistoryNode, connect_history: ConnectHistory
+    healthy: RedisCluster, start_history_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     """The cluster replicates the history's hash and stream to the replica (asynchronously): once
     the replica has caught up, a failover keeps the epoch and the offset. The member in the
@@ -543,7 +505,7 @@ async def test_history_survives_a_failover_to_a_replica_that_had_it(
     talker = await connect_history(a, join=(group,))
     member = await connect_history(b, join=(group,))
     before = [await talker.broadcast(group, f"before {n}") for n in range(3)]
-    assert [p for _, p, _ in [await member.envelope() for _ in range(3)]] == before
+    assert [p for _, p, _ in [await member.next() for _ in range(3)]] == before
     primary = healthy.node(doomed_primary)
     replica = healthy.node(healthy.topology()[doomed_primary][0])
 
@@ -569,8 +531,8 @@ async def test_history_survives_a_failover_to_a_replica_that_had_it(
     await wait_until(published_again, 30.0)
     after = Position.parse((await talker.command("position", group=group))["position"])
     assert after == Position(before[-1].epoch, before[-1].offset + 1)  # same epoch, next offset
-    assert await member.envelope() == (group, after, "after")
+    assert await member.next() == (group, after, "after")
     back = await connect_history(a, since={group: before[0]})
     assert back.joins[0]["recovered"] is True
     assert back.joins[0]["replayed"] == 3
-    assert [p for _, p, _ in [await back.envelope() for _ in range(3)]] == [*before[1:], after]
+    assert [p for _, p, _ in [await back.next() for _ in range(3)]] == [*before[1:], after]
