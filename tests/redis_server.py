@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Client",
     "ClusterNode",
+    "Connect",
+    "ConnectHistory",
     "Envelope",
     "HistoryClient",
     "Node",
@@ -616,6 +618,12 @@ class HistoryClient(Client[Envelope]):
 
 
 ClientT = TypeVar("ClientT", bound=Client[Any])
+
+
+Connect = Callable[..., Awaitable[NodeClient]]
+"""``connect(node, join=(), since=None)`` of :func:`connecting` for :class:`NodeClient`."""
+ConnectHistory = Callable[..., Awaitable[HistoryClient]]
+"""``connect(node, join=(), since=None)`` of :func:`connecting` for :class:`HistoryClient`."""
 
 
 @contextlib.asynccontextmanager

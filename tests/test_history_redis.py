@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from redis_server import (
+    ConnectHistory,
     HistoryClient,
     Node,
     RedisServer,
     StartNode,
-    connecting,
     receive_all,
     redis_client,
     starting_nodes,
@@ -29,8 +29,6 @@ RECONNECTED_WITHIN = 15.0
 """How long a test waits for the nodes to reconnect after Redis came back."""
 PREFIX = "history-test"
 
-Connect = Callable[..., Awaitable[HistoryClient]]
-
 
 @pytest.fixture
 async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
@@ -40,21 +38,14 @@ async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
         yield start
 
 
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Open clients to nodes, joining with a query string; close them after the test."""
-    async with connecting(HistoryClient) as connect:
-        yield connect
-
-
 # -- positions across processes -----------------------------------------------------------------
 
 
 async def test_every_process_delivers_a_groups_broadcasts_in_offset_order(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     a, b = await start_node(), await start_node()
-    on_a, on_b = await connect(a, join=("g",)), await connect(b, join=("g",))
+    on_a, on_b = await connect_history(a, join=("g",)), await connect_history(b, join=("g",))
     sent = []
     for n in range(10):
         sent.append(await (on_a if n % 2 else on_b).broadcast("g", f"m{n}"))
@@ -68,7 +59,7 @@ async def test_every_process_delivers_a_groups_broadcasts_in_offset_order(
 
 
 async def test_kept_broadcasts_not_awaited_right_after_a_join_are_numbered_in_call_order(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     """SPEC §5 with history: a connection joins a group and, in the same plain handler (and on
     the next turns of the loop, while the join's subscription is answered), broadcasts to it
@@ -77,8 +68,8 @@ async def test_kept_broadcasts_not_awaited_right_after_a_join_are_numbered_in_ca
     rounds, burst, turns = 10, 20, 20
     fresh = [f"burst {round_}" for round_ in range(rounds)]
     a, b = await start_node(), await start_node()
-    joiner = await connect(a)
-    b_member = await connect(b, join=(*fresh, "ready"))
+    joiner = await connect_history(a)
+    b_member = await connect_history(b, join=(*fresh, "ready"))
     ready = await b_member.broadcast("ready", "ready")  # publish after subscribe: all confirmed
     assert await b_member.next() == ("ready", ready, "ready")
 
@@ -98,16 +89,16 @@ async def test_kept_broadcasts_not_awaited_right_after_a_join_are_numbered_in_ca
 
 
 async def test_a_client_of_a_killed_process_recovers_from_another(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     a, b = await start_node(), await start_node()
-    talker = await connect(b, join=("g",))
-    listener = await connect(a, join=("g",))
+    talker = await connect_history(b, join=("g",))
+    listener = await connect_history(a, join=("g",))
     before = [await talker.broadcast("g", f"before {n}") for n in range(3)]
     assert [position for _, position, _ in await receive_all(listener, 3)] == before
     await a.kill()
     missed = [await talker.broadcast("g", f"missed {n}") for n in range(5)]
-    back = await connect(b, since={"g": before[-1]})  # the listener's client, reconnected
+    back = await connect_history(b, since={"g": before[-1]})  # the listener's client, reconnected
     assert back.joins == [
         {
             "reply": "joined",
@@ -122,11 +113,13 @@ async def test_a_client_of_a_killed_process_recovers_from_another(
     assert got == [("g", p, f"missed {n}") for n, p in enumerate(missed)] + [("g", live, "live")]
 
 
-async def test_join_since_reports_the_recovery(start_node: StartNode, connect: Connect) -> None:
+async def test_join_since_reports_the_recovery(
+    start_node: StartNode, connect_history: ConnectHistory
+) -> None:
     a = await start_node()
-    talker = await connect(a, join=("g",))
+    talker = await connect_history(a, join=("g",))
     sent = [await talker.broadcast("g", f"m{n}") for n in range(4)]
-    back = await connect(a)
+    back = await connect_history(a)
     reply = await back.command("join", group="g", since=str(sent[0]))
     assert reply == {
         "reply": "joined",
@@ -141,11 +134,13 @@ async def test_join_since_reports_the_recovery(start_node: StartNode, connect: C
 # -- what cannot be recovered -------------------------------------------------------------------
 
 
-async def test_a_trimmed_history_is_not_recovered(start_node: StartNode, connect: Connect) -> None:
+async def test_a_trimmed_history_is_not_recovered(
+    start_node: StartNode, connect_history: ConnectHistory
+) -> None:
     a = await start_node(history=History(size=3, ttl=300.0))
-    talker = await connect(a, join=("g",))
+    talker = await connect_history(a, join=("g",))
     sent = [await talker.broadcast("g", f"m{n}") for n in range(5)]
-    back = await connect(a)
+    back = await connect_history(a)
     reply = await back.command("join", group="g", since=str(sent[0]))
     assert (reply["recovered"], reply["replayed"], reply["position"]) == (False, 0, str(sent[-1]))
     assert (await back.command("join", group="g", since=str(sent[1])))["replayed"] == 3
@@ -153,36 +148,38 @@ async def test_a_trimmed_history_is_not_recovered(start_node: StartNode, connect
     assert [p for _, p, _ in await receive_all(back, 4)] == [*sent[2:], live]
 
 
-async def test_an_expired_history_is_not_recovered(start_node: StartNode, connect: Connect) -> None:
+async def test_an_expired_history_is_not_recovered(
+    start_node: StartNode, connect_history: ConnectHistory
+) -> None:
     a = await start_node(history=History(size=1000, ttl=0.3))
-    talker = await connect(a, join=("g",))
+    talker = await connect_history(a, join=("g",))
     first = Position.parse((await talker.command("position", group="g"))["position"])
     await talker.broadcast("g", "expires")
     await asyncio.sleep(0.4)
-    back = await connect(a)
+    back = await connect_history(a)
     reply = await back.command("join", group="g", since=str(first))
     assert (reply["recovered"], reply["replayed"]) == (False, 0)
 
 
 async def test_a_silent_group_keeps_its_epoch_and_offset(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     a = await start_node(history=History(size=1000, ttl=0.3))
-    talker = await connect(a, join=("g",))
+    talker = await connect_history(a, join=("g",))
     last = [await talker.broadcast("g", f"m{n}") for n in range(3)][-1]
     await asyncio.sleep(0.5)
-    back = await connect(a)
+    back = await connect_history(a)
     reply = await back.command("join", group="g", since=str(last))
     assert (reply["recovered"], reply["replayed"], reply["position"]) == (True, 0, str(last))
     assert await talker.broadcast("g", "again") == Position(last.epoch, 4)
 
 
 async def test_a_redis_restart_is_a_new_epoch_and_members_rejoin(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
     a, b = await start_node(), await start_node()
-    member = await connect(a, join=("g",))
-    talker = await connect(b)
+    member = await connect_history(a, join=("g",))
+    talker = await connect_history(b)
     old = await talker.broadcast("g", "before the restart")
     assert (await member.next())[1] == old
     await redis_server.kill()
@@ -202,7 +199,7 @@ async def test_a_redis_restart_is_a_new_epoch_and_members_rejoin(
     # member is closed (as soon as a's broker is back, broadcast or not), to rejoin with
     # since= and learn that the history was lost.
     assert await member.closed_with() == 1012
-    back = await connect(a)
+    back = await connect_history(a)
     rejoined = await back.command("join", group="g", since=str(old))
     assert (rejoined["recovered"], rejoined["replayed"]) == (False, 0)
     assert Position.parse(rejoined["position"]).epoch == new.epoch
@@ -212,10 +209,10 @@ async def test_a_redis_restart_is_a_new_epoch_and_members_rejoin(
 
 
 async def test_replay_then_live_none_lost_none_twice_across_processes(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     a, b = await start_node(), await start_node()
-    talker = await connect(b, join=("g",))
+    talker = await connect_history(b, join=("g",))
     total = 200
     rng = random.Random(21)
     published: list[Position] = []
@@ -231,7 +228,7 @@ async def test_replay_then_live_none_lost_none_twice_across_processes(
         async with progress:
             await progress.wait_for(lambda: len(published) >= after)
         since = published[rng.randrange(0, len(published))]
-        client = await connect(a, since={"g": since})
+        client = await connect_history(a, since={"g": since})
         offsets: list[int] = []
         while not offsets or offsets[-1] < total:
             _, position, data = await client.next()
@@ -260,23 +257,23 @@ async def missed_by_every_process(redis_url: str, count: int) -> None:
 
 
 async def member_and_talker(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> tuple[Node, HistoryClient, HistoryClient, Position]:
     """Two nodes, each with a client in ``g``: the second's (the talker) broadcast ``first``,
     which the first's (the member) received. Return the first node, the member, the talker and
     ``first``'s position."""
     a, b = await start_node(), await start_node()
-    member = await connect(a, join=("g",))
-    talker = await connect(b, join=("g",))
+    member = await connect_history(a, join=("g",))
+    talker = await connect_history(b, join=("g",))
     first = await talker.broadcast("g", "first")
     assert await member.next() == ("g", first, "first")
     return a, member, talker, first
 
 
 async def test_a_gap_is_filled_from_the_history_in_order(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
-    _, member, talker, first = await member_and_talker(start_node, connect)
+    _, member, talker, first = await member_and_talker(start_node, connect_history)
     await missed_by_every_process(redis_server.url, 3)
     after = await talker.broadcast("g", "after")
     assert after.offset == 5
@@ -287,25 +284,25 @@ async def test_a_gap_is_filled_from_the_history_in_order(
 
 
 async def test_a_gap_the_history_no_longer_holds_closes_the_members_with_1012(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
-    a, member, talker, first = await member_and_talker(start_node, connect)
+    a, member, talker, first = await member_and_talker(start_node, connect_history)
     async with redis_client(redis_server.url) as client:  # ten broadcasts numbered and trimmed
         await client.hincrby(GROUP_KEYS[0], "offset", 10)
     after = await talker.broadcast("g", "after")
     assert after.offset == 12
     assert await member.closed_with() == 1012
     assert await talker.closed_with() == 1012
-    back = await connect(a)
+    back = await connect_history(a)
     rejoined = await back.command("join", group="g", since=str(first))
     assert (rejoined["recovered"], rejoined["position"]) == (False, str(after))
 
 
 async def test_a_gap_is_filled_as_soon_as_the_broker_reconnects(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
     a = await start_node()
-    member = await connect(a, join=("g",))
+    member = await connect_history(a, join=("g",))
     first = await member.broadcast("g", "first")
     assert await member.next() == ("g", first, "first")
     await missed_by_every_process(redis_server.url, 2)
@@ -319,10 +316,10 @@ async def test_a_gap_is_filled_as_soon_as_the_broker_reconnects(
 
 
 async def test_join_since_while_redis_is_unreachable_raises_broker_error(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
     a = await start_node()
-    client = await connect(a)
+    client = await connect_history(a)
     position = Position.parse((await client.command("position", group="g"))["position"])
     await redis_server.stop()
     reply = await client.command("join", group="g", since=str(position))

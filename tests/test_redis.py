@@ -14,16 +14,13 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis_server import (
-    Node,
-    NodeClient,
+    Connect,
     RedisServer,
     StartNode,
     burst_received_by,
-    connecting,
     free_port,
     receive_all,
     redis_client,
-    starting_nodes,
     wait_for_count,
     wait_until,
 )
@@ -111,23 +108,6 @@ def serve_local(
         return local
 
     return serve
-
-
-@pytest.fixture
-async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
-    """Start endpoint processes (``tests/redis_node.py``); stop them all after the test."""
-    async with starting_nodes(redis_server.url) as start:
-        yield start
-
-
-Connect = Callable[[Node], Awaitable[NodeClient]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Open client connections to nodes; close them all after the test."""
-    async with connecting(NodeClient) as connect:
-        yield connect
 
 
 async def subscribers(redis_url: str, channel: str) -> int:

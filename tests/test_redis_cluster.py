@@ -9,21 +9,23 @@ endpoint processes are ``tests/redis_node.py``, driven by WebSocket clients.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import NamedTuple
 
 import pytest
 from redis_server import (
     CLUSTER_NODE_TIMEOUT_MS,
     ClusterNode,
-    HistoryClient,
+    Connect,
+    ConnectHistory,
     Node,
     NodeClient,
     RedisCluster,
     StartNode,
     burst_received_by,
-    connecting,
     free_port,
     receive_all,
     starting_nodes,
@@ -35,13 +37,15 @@ from support import TIMEOUT, require_module, require_program
 from aiohttp_wsapp import BrokerError, History, Position, create_app
 
 PREFIX = "aiohttp_wsapp"
+HISTORY_PREFIX = "history-test"
+"""The prefix of the history nodes' endpoints."""
 RESUMED_WITHIN = 1.0
 """SPEC §5: delivery resumes within 1 s of the cluster promoting a replica."""
 
 
-def channel(group: str) -> str:
+def channel(group: str, prefix: str = PREFIX) -> str:
     """The channel of ``group`` (the documented layout; the names used here need no escaping)."""
-    return f"{{{PREFIX}:group:{group}}}"
+    return f"{{{prefix}:group:{group}}}"
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -71,21 +75,11 @@ def healthy(cluster: RedisCluster) -> Iterator[RedisCluster]:
     cluster.wait_healthy()
 
 
-Connect = Callable[[Node], Awaitable[NodeClient]]
-
-
 @pytest.fixture
 async def start_node(healthy: RedisCluster) -> AsyncIterator[StartNode]:
     """Start endpoint processes with a ``RedisClusterBroker``; stop them after the test."""
     async with starting_nodes(healthy.url, prefix=PREFIX, cluster=True) as start:
         yield start
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Open client connections to nodes; close them after the test."""
-    async with connecting(NodeClient) as connect:
-        yield connect
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -95,15 +89,29 @@ def slot_of(cluster: RedisCluster, key: str) -> int:
     return int(cluster.nodes[0].command("CLUSTER", "KEYSLOT", key))
 
 
-def groups_by_primary(cluster: RedisCluster, count: int = 60) -> dict[str, list[str]]:
-    """Group names ``g0``, ``g1``... by the address of the primary that serves their channel."""
+def groups_by_primary(
+    cluster: RedisCluster, name: str = "g", prefix: str = PREFIX
+) -> dict[str, list[str]]:
+    """Group names ``{name}0`` to ``{name}59`` by the address of the primary that serves their
+    channel with ``prefix`` (and so, with history, their history's keys)."""
     by_primary: dict[str, list[str]] = {}
-    for n in range(count):
-        group = f"g{n}"
-        by_primary.setdefault(cluster.primary_of(slot_of(cluster, channel(group))), []).append(
-            group
-        )
+    for n in range(60):
+        group = f"{name}{n}"
+        slot = slot_of(cluster, channel(group, prefix))
+        by_primary.setdefault(cluster.primary_of(slot), []).append(group)
     return by_primary
+
+
+def away_from_presence(
+    cluster: RedisCluster, name: str = "g", prefix: str = PREFIX
+) -> tuple[str, str, str]:
+    """A primary that does not serve the presence set with ``prefix`` (losing it leaves counts
+    working), the first group ``{name}N`` that it serves, and the first that another serves."""
+    presence_primary = cluster.primary_of(slot_of(cluster, f"{{{prefix}:presence}}"))
+    by_primary = groups_by_primary(cluster, name, prefix)
+    primary = next(p for p in by_primary if p != presence_primary)
+    elsewhere = next(groups[0] for p, groups in by_primary.items() if p != primary)
+    return primary, by_primary[primary][0], elsewhere
 
 
 async def shard_subscribers(cluster: RedisCluster, group: str) -> int:
@@ -120,6 +128,33 @@ async def wait_for_shard_subscribers(cluster: RedisCluster, group: str, count: i
         return await shard_subscribers(cluster, group) == count
 
     await wait_until(subscribed, TIMEOUT)
+
+
+class OnTwoShards(NamedTuple):
+    """Two processes: ``sender``, a client of ``a``, and ``member``, of ``b``, a member of
+    ``group`` (served by ``primary``, which does not serve the presence set) and of ``other``
+    (served by another primary), each subscribed on its shard."""
+
+    a: Node
+    b: Node
+    sender: NodeClient
+    member: NodeClient
+    primary: str
+    group: str
+    other: str
+
+
+async def member_on_two_shards(
+    cluster: RedisCluster, start_node: StartNode, connect: Connect
+) -> OnTwoShards:
+    """Start :class:`OnTwoShards`."""
+    a, b = await start_node(), await start_node()
+    sender, member = await connect(a), await connect(b)
+    primary, group, other = away_from_presence(cluster)
+    for joined in (group, other):
+        await member.command("join", group=joined)
+        await wait_for_shard_subscribers(cluster, joined, 1)
+    return OnTwoShards(a, b, sender, member, primary, group, other)
 
 
 def command_calls(cluster: RedisCluster) -> dict[str, dict[str, int]]:
@@ -231,16 +266,8 @@ async def test_count_adds_up_every_process(start_node: StartNode, connect: Conne
 async def test_after_a_failover_delivery_resumes_within_a_second_of_the_promotion(
     healthy: RedisCluster, start_node: StartNode, connect: Connect
 ) -> None:
-    a, b = await start_node(), await start_node()
-    sender, member = await connect(a), await connect(b)
-    presence_primary = healthy.primary_of(slot_of(healthy, f"{{{PREFIX}:presence}}"))
-    by_primary = groups_by_primary(healthy)
-    doomed_primary = next(p for p in by_primary if p != presence_primary)
-    doomed = by_primary[doomed_primary][0]
-    safe = next(groups[0] for p, groups in by_primary.items() if p != doomed_primary)
-    for group in (doomed, safe):
-        await member.command("join", group=group)
-        await wait_for_shard_subscribers(healthy, group, 1)
+    on_two_shards = await member_on_two_shards(healthy, start_node, connect)
+    a, b, sender, member, doomed_primary, doomed, safe = on_two_shards
     await sender.broadcast("before", group=doomed)
     assert await member.next() == "before"
     replica = healthy.node(healthy.topology()[doomed_primary][0])
@@ -301,16 +328,8 @@ async def test_after_a_failover_delivery_resumes_within_a_second_of_the_promotio
 async def test_a_primary_without_a_replica_fails_its_groups_and_no_other(
     healthy: RedisCluster, start_node: StartNode, connect: Connect
 ) -> None:
-    a, b = await start_node(), await start_node()
-    sender, member = await connect(a), await connect(b)
-    presence_primary = healthy.primary_of(slot_of(healthy, f"{{{PREFIX}:presence}}"))
-    by_primary = groups_by_primary(healthy)
-    lost_primary = next(p for p in by_primary if p != presence_primary)
-    lost = by_primary[lost_primary][0]
-    safe = next(groups[0] for p, groups in by_primary.items() if p != lost_primary)
-    for group in (lost, safe):
-        await member.command("join", group=group)
-        await wait_for_shard_subscribers(healthy, group, 1)
+    on_two_shards = await member_on_two_shards(healthy, start_node, connect)
+    a, _, sender, member, lost_primary, lost, safe = on_two_shards
     await wait_for_count(lambda: sender.count(lost), 1)
     await wait_for_count(lambda: sender.count(safe), 1)
 
@@ -403,45 +422,19 @@ async def test_a_broker_in_this_process_delivers_counts_and_leaves_nothing_behin
 
 # -- history on the cluster (SPEC §8) ------------------------------------------------------------
 
-HISTORY_PREFIX = "history-test"
-"""The prefix of the history nodes' endpoints."""
-
-
-def history_groups_by_primary(cluster: RedisCluster, name: str) -> dict[str, list[str]]:
-    """Group names ``{name}0``, ``{name}1``... of the history nodes, by the address of the primary
-    that serves their channel (and so their history's keys)."""
-    by_primary: dict[str, list[str]] = {}
-    for n in range(60):
-        group = f"{name}{n}"
-        slot = slot_of(cluster, f"{{{HISTORY_PREFIX}:group:{group}}}")
-        by_primary.setdefault(cluster.primary_of(slot), []).append(group)
-    return by_primary
-
-
-ConnectHistory = Callable[..., Awaitable[HistoryClient]]
-
 
 @pytest.fixture
-async def start_history_node(healthy: RedisCluster) -> AsyncIterator[StartNode]:
+def start_history_node(start_node: StartNode) -> StartNode:
     """Start endpoint processes with history through a ``RedisClusterBroker``."""
-    history = History(size=1000, ttl=300.0)
-    async with starting_nodes(
-        healthy.url, prefix=HISTORY_PREFIX, cluster=True, history=history
-    ) as start:
-        yield start
-
-
-@pytest.fixture
-async def connect_history() -> AsyncIterator[ConnectHistory]:
-    """Open clients to history nodes, joining with a query string; close them after the test."""
-    async with connecting(HistoryClient) as connect:
-        yield connect
+    return functools.partial(
+        start_node, prefix=HISTORY_PREFIX, history=History(size=1000, ttl=300.0)
+    )
 
 
 async def test_history_positions_and_replay_across_processes_on_every_shard(
     start_history_node: StartNode, connect_history: ConnectHistory, healthy: RedisCluster
 ) -> None:
-    groups = tuple(names[0] for names in history_groups_by_primary(healthy, "h").values())
+    groups = tuple(names[0] for names in groups_by_primary(healthy, "h", HISTORY_PREFIX).values())
     assert len(groups) == 3  # one group per primary
     a, b = await start_history_node(), await start_history_node()
     on_a, on_b = await connect_history(a, join=groups), await connect_history(b, join=groups)
@@ -497,10 +490,7 @@ async def test_history_survives_a_failover_to_a_replica_that_had_it(
     the replica has caught up, a failover keeps the epoch and the offset. The member in the
     other process misses nothing: the broker fills the gap from the history when the group's
     new primary is subscribed, and a client that comes back since its last position recovers."""
-    presence_slot = slot_of(healthy, f"{{{HISTORY_PREFIX}:presence}}")
-    by_primary = history_groups_by_primary(healthy, "failover")
-    doomed_primary = next(p for p in by_primary if p != healthy.primary_of(presence_slot))
-    group = by_primary[doomed_primary][0]
+    doomed_primary, group, _ = away_from_presence(healthy, "failover", HISTORY_PREFIX)
     a, b = await start_history_node(), await start_history_node()
     talker = await connect_history(a, join=(group,))
     member = await connect_history(b, join=(group,))
