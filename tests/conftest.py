@@ -11,17 +11,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from node_clients import Connect, ConnectHistory, HistoryClient, NodeClient, connecting
 from pytest_aiohttp import AiohttpClient, AiohttpServer
-from redis_server import (
-    Connect,
-    ConnectHistory,
-    HistoryClient,
-    NodeClient,
-    RedisServer,
-    StartNode,
-    connecting,
-    starting_nodes,
-)
+from redis_server import RedisServer, StartNode, starting_nodes
 from support import (
     BROWSER_TIMEOUT,
     Recorder,

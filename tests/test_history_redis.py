@@ -10,16 +10,8 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
-from redis_server import (
-    ConnectHistory,
-    HistoryClient,
-    Node,
-    RedisServer,
-    StartNode,
-    receive_all,
-    redis_client,
-    starting_nodes,
-)
+from node_clients import ConnectHistory, HistoryClient, receive_all
+from redis_server import Node, RedisServer, StartNode, redis_client, starting_nodes
 
 from aiohttp_wsapp import History, Position
 from aiohttp_wsapp.redis.history import PUBLISH, publish_args

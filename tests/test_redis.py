@@ -12,18 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
+from node_clients import Connect, burst_received_by, receive_all
 from pytest_aiohttp import AiohttpClient, AiohttpServer
-from redis_server import (
-    Connect,
-    RedisServer,
-    StartNode,
-    burst_received_by,
-    free_port,
-    receive_all,
-    redis_client,
-    wait_for_count,
-    wait_until,
-)
+from redis_server import RedisServer, StartNode, free_port, redis_client, wait_for_count, wait_until
 from support import TIMEOUT, require_module
 
 from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, create_app

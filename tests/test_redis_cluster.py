@@ -16,18 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import NamedTuple
 
 import pytest
+from node_clients import Connect, ConnectHistory, NodeClient, burst_received_by, receive_all
 from redis_server import (
     CLUSTER_NODE_TIMEOUT_MS,
     ClusterNode,
-    Connect,
-    ConnectHistory,
     Node,
-    NodeClient,
     RedisCluster,
     StartNode,
-    burst_received_by,
     free_port,
-    receive_all,
     starting_nodes,
     wait_for_count,
     wait_until,
