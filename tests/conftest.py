@@ -126,7 +126,7 @@ async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
 
 @pytest.fixture
 async def connect() -> AsyncIterator[Connect]:
-    """Open clients of nodes without history (:class:`redis_server.NodeClient`); close them
+    """Open clients of nodes without history (:class:`node_clients.NodeClient`); close them
     after the test."""
     async with connecting(NodeClient) as connect:
         yield connect
@@ -134,7 +134,7 @@ async def connect() -> AsyncIterator[Connect]:
 
 @pytest.fixture
 async def connect_history() -> AsyncIterator[ConnectHistory]:
-    """Open clients of nodes with history (:class:`redis_server.HistoryClient`), joining with a
+    """Open clients of nodes with history (:class:`node_clients.HistoryClient`), joining with a
     query string: ``await connect_history(node, join=(), since=None)``; close them after the
     test."""
     async with connecting(HistoryClient) as connect:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, Generic, TypeVar
@@ -37,7 +38,7 @@ Envelope = tuple[str, Position, str | bytes]
 """A group broadcast as a node with history sends it: its group, position and data."""
 
 
-class Client(Generic[MessageT]):
+class Client(ABC, Generic[MessageT]):
     """A client of a :class:`Node`: sends commands, keeps apart replies and what else arrives
     (as a subclass :meth:`reads` it)."""
 
@@ -48,9 +49,9 @@ class Client(Generic[MessageT]):
         self.joins: list[dict[str, Any]] = []
         """The node's replies to the joins of the query string."""
 
+    @abstractmethod
     def reads(self, data: str | bytes) -> MessageT:
         """What a message that is not a reply means."""
-        raise NotImplementedError
 
     async def command(self, do: str, **fields: Any) -> dict[str, Any]:
         """Send a command; return its reply (keeping what arrives before it for :meth:`next`)."""
