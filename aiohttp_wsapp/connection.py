@@ -18,7 +18,7 @@ import inspect
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from itertools import count
 from typing import Any, Final, TypeAlias, TypeVar, overload
 
@@ -279,6 +279,10 @@ class Connection:
         For the endpoint's :meth:`WebSocketApp.broadcast`, not for applications.
         """
         self._sender.broadcast(frames)
+
+    def send_replay(self, messages: Sequence[BroadcastFrames]) -> None:
+        """Send broadcast messages in one write: for the history's replay, not for applications."""
+        self._sender.replay(messages)
 
     # -- closing ----------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ __all__ = [
     "SharedDeflater",
     "encode_frame",
     "frame_header",
+    "plain_frame",
 ]
 
 Payload: TypeAlias = bytes | bytearray | memoryview
@@ -121,6 +122,14 @@ SHORT_HEADERS: Final = tuple(
 up to 125 bytes. Looked up instead of packed: a fifteenth of the instructions per message."""
 
 
+def plain_frame(opcode: int, payload: Payload) -> bytes:
+    """Return one final, unmasked, uncompressed data frame (text, binary) carrying ``payload``."""
+    length = len(payload)
+    if length < 126:
+        return SHORT_HEADERS[opcode][length] + payload
+    return frame_header(opcode, length) + payload
+
+
 def encode_frame(opcode: int, payload: Payload, *, compressed: bool = False) -> bytes:
     """Return one final, unmasked frame carrying ``payload``."""
     return frame_header(opcode, len(payload), compressed=compressed) + payload
@@ -190,7 +199,7 @@ class SharedDeflater:
             data = self.compress(payload)
             if len(data) < length:
                 return frame_header(opcode, len(data), compressed=True) + data
-        return frame_header(opcode, length) + payload
+        return plain_frame(opcode, payload)
 
 
 class DedicatedDeflater:
@@ -252,7 +261,7 @@ class DedicatedDeflater:
                 return frame_header(opcode, len(data), compressed=True) + data
             # The peer never sees this compressed form: forget the context it went into.
             self._compressor = None
-        return frame_header(opcode, length) + payload
+        return plain_frame(opcode, payload)
 
 
 MessageDeflater: TypeAlias = SharedDeflater | DedicatedDeflater
@@ -350,7 +359,7 @@ class BroadcastFrames:
         if deflater is None:
             plain = self._plain
             if plain is None:
-                plain = self._plain = encode_frame(self.opcode, self.payload)
+                plain = self._plain = plain_frame(self.opcode, self.payload)
             return plain
         if type(deflater) is SharedDeflater:
             frame = self._frames.get(deflater)

@@ -26,8 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Iterable
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Hashable,
+    Iterable,
+    Sequence,
+)
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from aiohttp import WSCloseCode
 
@@ -58,6 +66,9 @@ class HistoryMember(Hashable, Protocol):
 
     def send_broadcast(self, frames: BroadcastFrames) -> None:
         """Send one broadcast message, in the frame its peers of a kind share."""
+
+    def send_replay(self, messages: Sequence[BroadcastFrames]) -> None:
+        """Send broadcast messages one after the other, in one write."""
 
     def leave(self, name: str) -> None:
         """Leave the group ``name``."""
@@ -229,8 +240,7 @@ class GroupHistories(Generic[M]):
         if local is not None:
             # One step: no broadcast can come between the replay and the live ones.
             replay = local.since(group, since)
-            for envelope in replay.frames:
-                member.send_broadcast(_frames(envelope))
+            member.send_replay([_frames(envelope) for envelope in replay.frames])
             return _Ready(Recovery(replay.recovered, replay.position, len(replay.frames)))
         catch_up = _CatchUp()
         self._catching_up.setdefault(group, {})[member] = catch_up
@@ -251,11 +261,13 @@ class GroupHistories(Generic[M]):
         if group not in member.groups:  # it left meanwhile
             self._stop_catching_up(group, member, catch_up)
             return Recovery(False, kept.position, 0)
-        offset = since.offset
-        for data in kept.data:
-            offset += 1
-            position = Position(kept.position.epoch, offset)
-            member.send_broadcast(_frames(self._envelope(position, group, data)))
+        epoch, first = kept.position.epoch, since.offset + 1
+        member.send_replay(
+            [
+                _frames(self._envelope(Position(epoch, offset), group, data))
+                for offset, data in enumerate(kept.data, first)
+            ]
+        )
         if catch_up.release(member, kept.position):
             self._stop_catching_up(group, member, catch_up)
         return Recovery(kept.recovered, kept.position, len(kept.data))
@@ -333,12 +345,16 @@ class _CatchUp:
         return caught_up
 
 
+_TEXT: Final = Opcode.TEXT  # read once: see connection.py
+_BINARY: Final = Opcode.BINARY
+
+
 def _frames(envelope: str | bytes) -> BroadcastFrames:
     """The frames of one envelope: text for ``str``, binary for ``bytes``."""
     if isinstance(envelope, str):
-        return BroadcastFrames(Opcode.TEXT, envelope.encode())
+        return BroadcastFrames(_TEXT, envelope.encode())
     if isinstance(envelope, bytes | bytearray | memoryview):
-        return BroadcastFrames(Opcode.BINARY, bytes(envelope))
+        return BroadcastFrames(_BINARY, bytes(envelope))
     raise TypeError(f"an envelope must return str or bytes, not {type(envelope).__name__}")
 
 

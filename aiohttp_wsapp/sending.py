@@ -11,7 +11,7 @@ import asyncio
 import logging
 import struct
 import weakref
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Generator, Sequence
 from typing import Any, Final
 
 from aiohttp import WSCloseCode
@@ -222,6 +222,24 @@ class Sender:
         counters.bytes_sent += len(frames.payload)  # the envelope's, with history
         counters.broadcast_frames += 1
         self.write(frames.frame(self.deflater))
+
+    def replay(self, messages: Sequence[BroadcastFrames]) -> None:
+        """Send broadcast messages one after the other, in one write: the history's replay.
+
+        Each is counted as :meth:`broadcast` counts one.
+        """
+        if self.cannot_send() or not messages:
+            return
+        counters = self._counters
+        counters.messages_sent += len(messages)
+        counters.bytes_sent += sum(len(frames.payload) for frames in messages)
+        counters.broadcast_frames += len(messages)
+        deflater = self.deflater
+        transport = self._transport
+        transport.writelines([frames.frame(deflater) for frames in messages])
+        buffered = transport.get_write_buffer_size()
+        if buffered > self._watermark:
+            self._buffered(buffered)
 
     def dropped(self, operation: str) -> Awaitable[None]:
         """Log that ``operation`` found the connection closed; return what raises that."""
