@@ -88,7 +88,7 @@ class Hub(Generic[Connection]):
         )
         self._histories: GroupHistories[Connection] | None = None
         if history is not None:
-            self._histories = GroupHistories(history, broker, self._groups.members)
+            self._histories = GroupHistories(history, broker, self._groups.members, self._counters)
             if broker is not None:
                 broker.on_reconnected(self._histories.check_gaps)
         self._last_turn = 0.0
@@ -226,13 +226,16 @@ class Hub(Generic[Connection]):
             else BroadcastFrames(Opcode.BINARY, data)
         )
         exclude = broadcast.exclude
-        if not exclude:
+        reached = 0  # counted here, once per broadcast, rather than once per peer
+        if not exclude:  # no connection's id to read
             for connection in targets:
-                connection.send_broadcast(frames)
-            return
-        for connection in targets:
-            if connection.id not in exclude:
-                connection.send_broadcast(frames)
+                if connection.send_broadcast(frames):
+                    reached += 1
+        else:
+            for connection in targets:
+                if connection.id not in exclude and connection.send_broadcast(frames):
+                    reached += 1
+        self._counters.broadcast_sent(reached, frames.payload)
 
     # -- figures ----------------------------------------------------------------------------
 

@@ -26,8 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Iterable
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Hashable,
+    Iterable,
+    Sequence,
+)
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from aiohttp import WSCloseCode
 
@@ -36,6 +44,7 @@ from .errors import BrokerError
 from .frames import BroadcastFrames, Opcode
 from .history import History, Position, Recovery
 from .local_history import LocalHistory
+from .stats import Counters
 
 __all__ = ["GroupHistories", "HistoryMember", "check_since"]
 
@@ -56,8 +65,12 @@ class HistoryMember(Hashable, Protocol):
     def groups(self) -> frozenset[str]:
         """The groups the connection is in."""
 
-    def send_broadcast(self, frames: BroadcastFrames) -> None:
-        """Send one broadcast message, in the frame its peers of a kind share."""
+    def send_broadcast(self, frames: BroadcastFrames) -> bool:
+        """Send one broadcast message, in the frame its peers of a kind share; tell whether it
+        went out. Not counted: the caller counts."""
+
+    def send_replay(self, messages: Sequence[BroadcastFrames]) -> None:
+        """Send broadcast messages one after the other, in one write."""
 
     def leave(self, name: str) -> None:
         """Leave the group ``name``."""
@@ -77,6 +90,7 @@ class GroupHistories(Generic[M]):
     :param broker: keeps the history (in Redis) and numbers the broadcasts; ``None`` keeps it
         in this process.
     :param members: a group's members in this process now.
+    :param counters: count the broadcast frames sent (a replay counts in the sender).
     """
 
     def __init__(
@@ -84,7 +98,9 @@ class GroupHistories(Generic[M]):
         history: History,
         broker: Broker | None,
         members: Callable[[str], Iterable[M]],
+        counters: Counters,
     ) -> None:
+        self._counters = counters
         self._history = history
         self._envelope = history.envelope
         self._broker = broker
@@ -116,9 +132,11 @@ class GroupHistories(Generic[M]):
         assert local is not None
         position, envelope = local.append(group, data)
         frames = _frames(envelope)
+        reached = 0
         for member in self._members(group):
-            if member.id not in exclude:
-                member.send_broadcast(frames)
+            if member.id not in exclude and member.send_broadcast(frames):
+                reached += 1
+        self._counters.broadcast_sent(reached, frames.payload)
         return position
 
     async def position(self, group: str) -> Position:
@@ -175,14 +193,17 @@ class GroupHistories(Generic[M]):
         self, group: str, position: Position, frames: BroadcastFrames, exclude: frozenset[str]
     ) -> None:
         catching_up = self._catching_up.get(group)
+        reached = 0
         for member in self._members(group):
             if member.id in exclude:
                 continue
             catch_up = catching_up.get(member) if catching_up else None
             if catch_up is None:
-                member.send_broadcast(frames)
-            elif catch_up.offer(member, position, frames):
+                if member.send_broadcast(frames):
+                    reached += 1
+            elif catch_up.offer(member, position, frames, self._counters):
                 self._stop_catching_up(group, member, catch_up)
+        self._counters.broadcast_sent(reached, frames.payload)
 
     async def _fill(self, group: str, last: Position, arrived: list[Broadcast]) -> None:
         """Deliver what the group missed after ``last``, then what ``arrived`` meanwhile; close
@@ -229,8 +250,7 @@ class GroupHistories(Generic[M]):
         if local is not None:
             # One step: no broadcast can come between the replay and the live ones.
             replay = local.since(group, since)
-            for envelope in replay.frames:
-                member.send_broadcast(_frames(envelope))
+            member.send_replay([_frames(envelope) for envelope in replay.frames])
             return _Ready(Recovery(replay.recovered, replay.position, len(replay.frames)))
         catch_up = _CatchUp()
         self._catching_up.setdefault(group, {})[member] = catch_up
@@ -251,12 +271,14 @@ class GroupHistories(Generic[M]):
         if group not in member.groups:  # it left meanwhile
             self._stop_catching_up(group, member, catch_up)
             return Recovery(False, kept.position, 0)
-        offset = since.offset
-        for data in kept.data:
-            offset += 1
-            position = Position(kept.position.epoch, offset)
-            member.send_broadcast(_frames(self._envelope(position, group, data)))
-        if catch_up.release(member, kept.position):
+        epoch, first = kept.position.epoch, since.offset + 1
+        member.send_replay(
+            [
+                _frames(self._envelope(Position(epoch, offset), group, data))
+                for offset, data in enumerate(kept.data, first)
+            ]
+        )
+        if catch_up.release(member, kept.position, self._counters):
             self._stop_catching_up(group, member, catch_up)
         return Recovery(kept.recovered, kept.position, len(kept.data))
 
@@ -310,35 +332,46 @@ class _CatchUp:
         self.held: list[tuple[Position, BroadcastFrames]] | None = []
         self.floor: Position | None = None
 
-    def offer(self, member: HistoryMember, position: Position, frames: BroadcastFrames) -> bool:
-        """A broadcast for the member: hold it, drop it or send it; return whether the member
-        has caught up (nothing more to hold or drop)."""
+    def offer(
+        self,
+        member: HistoryMember,
+        position: Position,
+        frames: BroadcastFrames,
+        counters: Counters,
+    ) -> bool:
+        """A broadcast for the member: hold it, drop it or send it (and count it); return
+        whether the member has caught up (nothing more to hold or drop)."""
         if self.held is not None:
             self.held.append((position, frames))
             return False
         floor = self.floor
         if floor is not None and floor.epoch == position.epoch and position.offset <= floor.offset:
             return False
-        member.send_broadcast(frames)
+        if member.send_broadcast(frames):
+            counters.broadcast_sent(1, frames.payload)
         return True
 
-    def release(self, member: HistoryMember, replayed_up_to: Position) -> bool:
+    def release(self, member: HistoryMember, replayed_up_to: Position, counters: Counters) -> bool:
         """The replay went out up to ``replayed_up_to``: send what was held above it, and keep
         the floor there; return whether the member has caught up."""
         held, self.held = self.held or [], None
         self.floor = replayed_up_to
         caught_up = False
         for position, frames in held:
-            caught_up = self.offer(member, position, frames) or caught_up
+            caught_up = self.offer(member, position, frames, counters) or caught_up
         return caught_up
+
+
+_TEXT: Final = Opcode.TEXT  # read once: see connection.py
+_BINARY: Final = Opcode.BINARY
 
 
 def _frames(envelope: str | bytes) -> BroadcastFrames:
     """The frames of one envelope: text for ``str``, binary for ``bytes``."""
     if isinstance(envelope, str):
-        return BroadcastFrames(Opcode.TEXT, envelope.encode())
+        return BroadcastFrames(_TEXT, envelope.encode())
     if isinstance(envelope, bytes | bytearray | memoryview):
-        return BroadcastFrames(Opcode.BINARY, bytes(envelope))
+        return BroadcastFrames(_BINARY, bytes(envelope))
     raise TypeError(f"an envelope must return str or bytes, not {type(envelope).__name__}")
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import struct
 import weakref
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Generator, Sequence
 from typing import Any, Final
 
 from aiohttp import WSCloseCode
@@ -19,7 +19,15 @@ from aiohttp.abc import AbstractStreamWriter
 
 from .closing import OPEN, Closing, check_close_code
 from .errors import ConnectionClosed
-from .frames import BroadcastFrames, MessageDeflater, Opcode, Payload, encode_frame, frame_header
+from .frames import (
+    SHORT_HEADERS,
+    BroadcastFrames,
+    MessageDeflater,
+    Opcode,
+    Payload,
+    encode_frame,
+    frame_header,
+)
 from .stats import SEND_BUFFER_OVERFLOW, Counters
 
 __all__ = ["DONE", "RaiseClosed", "Sender", "Sent"]
@@ -34,11 +42,11 @@ _JOIN_LIMIT: Final = 16 * 1024
 class Sent:
     """What ``send`` returns once the frame is written: awaiting it waits for flow control.
 
-    The receive loop recognises it by its type: when :meth:`would_wait` says no, awaiting it would
-    return at once, and the loop skips the ``await``.
+    The receive loop recognises it by its type: while :attr:`may_wait` is false, awaiting it
+    would return at once, and the loop skips the ``await``.
     """
 
-    __slots__ = ("_closing", "_low_water", "_transport", "_writer")
+    __slots__ = ("_closing", "_transport", "_writer", "may_wait")
 
     def __init__(
         self, transport: asyncio.Transport, writer: AbstractStreamWriter, closing: Closing
@@ -46,15 +54,10 @@ class Sent:
         self._transport = transport
         self._writer = writer
         self._closing = closing
-        self._low_water = transport.get_write_buffer_limits()[0]
-
-    def would_wait(self) -> bool:
-        """Tell whether awaiting may wait: the writer may be paused by a full buffer.
-
-        A paused writer resumes once the buffer is at its low-water mark: at or under it, the
-        writer's drain returns at once.
-        """
-        return self._transport.get_write_buffer_size() > self._low_water
+        self.may_wait = False
+        """Whether awaiting may wait: a write left more than the low-water mark buffered (a
+        paused writer resumes at that mark; at or under it, drain returns at once). The sender
+        sets it, from the buffer size it reads anyway; a drain clears it."""
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._drain().__await__()
@@ -64,6 +67,7 @@ class Sent:
             await self._writer.drain()
         except ConnectionError:
             raise self._closing.error() from None
+        self.may_wait = False
 
 
 class RaiseClosed:
@@ -100,7 +104,17 @@ class Sender:
     peer negotiated permessage-deflate. ``counters`` count the messages sent and their bytes.
     """
 
-    __slots__ = ("_closing", "_counters", "_limit", "_owner", "_transport", "deflater", "sent")
+    __slots__ = (
+        "_closing",
+        "_counters",
+        "_limit",
+        "_low_water",
+        "_owner",
+        "_transport",
+        "_watermark",
+        "deflater",
+        "sent",
+    )
 
     def __init__(
         self,
@@ -116,6 +130,8 @@ class Sender:
         self._closing = closing
         self._counters = counters
         self._limit = send_buffer_limit
+        self._low_water = transport.get_write_buffer_limits()[0]
+        self._watermark = min(self._low_water, send_buffer_limit)
         self.deflater = deflater
         """What compresses this connection's messages; ``None`` without compression."""
         # Weakly: the connection holds its sender, and a cycle would leave every finished
@@ -146,6 +162,8 @@ class Sender:
         counters.bytes_sent += size  # before compression
         if self.deflater is not None:
             return self.write(self.deflater.frame(opcode, payload))
+        if size < 126:
+            return self.write(SHORT_HEADERS[opcode][size] + payload)
         header = frame_header(opcode, size)
         if size <= _JOIN_LIMIT:
             return self.write(header + payload)
@@ -155,8 +173,18 @@ class Sender:
 
     def write(self, frame: bytes) -> Awaitable[None]:
         """Write ``frame``; drop the connection if its peer lets the buffer overflow."""
-        self._transport.write(frame)
-        if self._transport.get_write_buffer_size() > self._limit:
+        transport = self._transport
+        transport.write(frame)
+        buffered = transport.get_write_buffer_size()
+        if buffered > self._watermark:  # one test on the common path, for both marks
+            self._buffered(buffered)
+        return self.sent
+
+    def _buffered(self, size: int) -> None:
+        """Mark that awaiting may wait; past the limit, drop the connection."""
+        if size > self._low_water:
+            self.sent.may_wait = True
+        if size > self._limit:
             # A closing handshake could not get through a full buffer: drop the socket at once.
             logger.warning(
                 "%r dropped: its peer does not read (%s)", self.owner, SEND_BUFFER_OVERFLOW
@@ -164,7 +192,6 @@ class Sender:
             self._closing.drop(
                 WSCloseCode.POLICY_VIOLATION, SEND_BUFFER_OVERFLOW, cause=SEND_BUFFER_OVERFLOW
             )
-        return self.sent
 
     def close(
         self, code: int = WSCloseCode.OK, reason: str = "", *, cause: str | None = None
@@ -181,19 +208,35 @@ class Sender:
             return DONE  # the socket went first; the receive loop will see it
         return self.write(encode_frame(Opcode.CLOSE, _PACK_CLOSE_CODE(code) + encoded_reason))
 
-    def broadcast(self, frames: BroadcastFrames) -> None:
-        """Send one broadcast message, in the frame its peers of a kind share.
+    def broadcast(self, frames: BroadcastFrames) -> bool:
+        """Send one broadcast message, in the frame its peers of a kind share; tell whether it
+        went out (not to a closing connection).
 
-        Counted as a message sent and as a broadcast frame, whether it is a broadcast or the
-        history's replay or fill of one.
+        Not counted here: the caller counts the peers a broadcast reached, once for all of them
+        (:meth:`Counters.broadcast_sent`), which costs a tenth of counting each peer.
         """
         if self.cannot_send():
+            return False
+        self.write(frames.frame(self.deflater))
+        return True
+
+    def replay(self, messages: Sequence[BroadcastFrames]) -> None:
+        """Send broadcast messages one after the other, in one write: the history's replay.
+
+        Each is counted as :meth:`broadcast` counts one.
+        """
+        if self.cannot_send() or not messages:
             return
         counters = self._counters
-        counters.messages_sent += 1
-        counters.bytes_sent += len(frames.payload)  # the envelope's, with history
-        counters.broadcast_frames += 1
-        self.write(frames.frame(self.deflater))
+        counters.messages_sent += len(messages)
+        counters.bytes_sent += sum(len(frames.payload) for frames in messages)
+        counters.broadcast_frames += len(messages)
+        deflater = self.deflater
+        transport = self._transport
+        transport.writelines([frames.frame(deflater) for frames in messages])
+        buffered = transport.get_write_buffer_size()
+        if buffered > self._watermark:
+            self._buffered(buffered)
 
     def dropped(self, operation: str) -> Awaitable[None]:
         """Log that ``operation`` found the connection closed; return what raises that."""

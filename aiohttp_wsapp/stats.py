@@ -169,6 +169,13 @@ class Counters:
         """Count a connection that finished with the close code ``code``."""
         self.finished[code] = self.finished.get(code, 0) + 1
 
+    def broadcast_sent(self, peers: int, payload: bytes) -> None:
+        """Count one broadcast message (an envelope, with history) that reached ``peers``."""
+        if peers:
+            self.messages_sent += peers
+            self.bytes_sent += peers * len(payload)
+            self.broadcast_frames += peers
+
     def dropped_for(self, cause: str) -> None:
         """Count a connection dropped for ``cause``, one of :data:`DROP_CAUSES`."""
         self.dropped[cause] += 1

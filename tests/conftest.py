@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from node_clients import Connect, ConnectHistory, HistoryClient, NodeClient, connecting
 from pytest_aiohttp import AiohttpClient, AiohttpServer
-from redis_server import RedisServer
+from redis_server import RedisServer, StartNode, starting_nodes
 from support import (
     BROWSER_TIMEOUT,
     Recorder,
@@ -113,6 +114,31 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
+    """Start endpoint processes (``tests/redis_node.py``, :class:`redis_server.Node`) on the
+    test's Redis: ``await start_node(**options)``; stop them all after the test."""
+    async with starting_nodes(redis_server.url) as start:
+        yield start
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Open clients of nodes without history (:class:`node_clients.NodeClient`); close them
+    after the test."""
+    async with connecting(NodeClient) as connect:
+        yield connect
+
+
+@pytest.fixture
+async def connect_history() -> AsyncIterator[ConnectHistory]:
+    """Open clients of nodes with history (:class:`node_clients.HistoryClient`), joining with a
+    query string: ``await connect_history(node, join=(), since=None)``; close them after the
+    test."""
+    async with connecting(HistoryClient) as connect:
+        yield connect
 
 
 CHROMIUM_ARGS = [

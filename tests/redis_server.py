@@ -1,37 +1,45 @@
-"""A real ``redis-server`` on a free loopback port, and the endpoint processes that share it.
+"""Real Redis for the tests, and the processes that share it: one place that starts them.
 
 :class:`RedisServer` runs ``redis-server`` without persistence, and can kill and restart it on
-the same port. :class:`Node` runs ``tests/redis_node.py`` in another OS process: an endpoint with
-a ``RedisBroker`` that its clients drive with JSON commands.
+the same port; :class:`RedisCluster` runs six of them as a Redis Cluster. :class:`Node` runs
+``tests/redis_node.py`` in another OS process: an endpoint with a ``RedisBroker`` (or a
+``RedisClusterBroker``, with history or without) that its clients (``tests/node_clients.py``)
+drive with JSON commands; :func:`starting_nodes` starts them for a test.
+:class:`ServerProcess` is what a server in a process of its own shares with the others (the
+chat example's, in its browser test).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from aiohttp import WSMsgType
 from support import TIMEOUT
+
+from aiohttp_wsapp import History
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = [
     "ClusterNode",
     "Node",
-    "NodeClient",
     "RedisCluster",
     "RedisServer",
+    "ServerProcess",
+    "StartNode",
     "free_port",
+    "redis_client",
+    "starting_nodes",
     "stop_process",
     "wait_for_count",
     "wait_until",
@@ -69,6 +77,27 @@ def free_cluster_port() -> int:
             return port
 
 
+def redis_server_command(program: str, port: int, directory: Path, *options: str) -> list[str]:
+    """The command line of ``redis-server`` on ``127.0.0.1:port``, without persistence, logging
+    to ``redis.log`` in ``directory``, with more ``options``."""
+    return [
+        program,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        *options,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+        "--logfile",
+        "redis.log",
+    ]
+
+
 async def stop_process(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> None:
     """Send ``sig`` to ``process`` (if it still runs) and wait for it; SIGKILL it after 10 s."""
     if process.returncode is None:
@@ -82,14 +111,72 @@ async def stop_process(process: asyncio.subprocess.Process, sig: int = signal.SI
             await process.wait()
 
 
-class RedisServer:
+class ServerProcess:
+    """A server in its own OS process on ``127.0.0.1`` and a fixed free port.
+
+    A subclass's ``start`` runs it with :meth:`spawn`, then waits with :meth:`serves`.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        """The ``http://`` URL of the server (a subclass that speaks another protocol says so)."""
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def spawn(
+        self, *command: str, stdout: int, stderr: int | None = None
+    ) -> asyncio.subprocess.Process:
+        """Run ``command`` (no input; ``stdout`` and ``stderr`` as for ``asyncio``'s) as the
+        server's process; return it."""
+        self.process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr
+        )
+        return self.process
+
+    async def serves(self, answers: Callable[[], Awaitable[bool]]) -> bool:
+        """Poll ``answers()`` until it holds: ``True``; ``False`` if the process exits or
+        :data:`STARTUP_TIMEOUT` passes first."""
+        assert self.process is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_TIMEOUT
+        while not await answers():
+            if self.process.returncode is not None or loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def accepts_connections(self) -> bool:
+        """Whether the server accepts a TCP connection (closed at once)."""
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def kill(self) -> None:
+        """Kill the process at once (SIGKILL), as a crash would, and wait until it is gone."""
+        if self.process is not None:
+            await stop_process(self.process, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """Stop the process (SIGTERM: a graceful shutdown) and wait until it is gone."""
+        if self.process is not None:
+            await stop_process(self.process)
+
+
+class RedisServer(ServerProcess):
     """``redis-server`` on ``127.0.0.1`` and a fixed free port, with no persistence."""
 
     def __init__(self, program: str, directory: Path) -> None:
+        super().__init__()
         self.program = program
         self.directory = directory
-        self.port = free_port()
-        self.process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -98,44 +185,22 @@ class RedisServer:
 
     async def start(self) -> None:
         """Start the server and wait until it answers ``PING``."""
-        self.process = await asyncio.create_subprocess_exec(
-            self.program,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.directory),
-            "--logfile",
-            "redis.log",
-            stdin=asyncio.subprocess.DEVNULL,
+        await self.spawn(
+            *redis_server_command(self.program, self.port, self.directory),
             stdout=asyncio.subprocess.DEVNULL,
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STARTUP_TIMEOUT
-        while not await self._answers_ping():
-            if self.process.returncode is not None or loop.time() > deadline:
-                log_file = self.directory / "redis.log"
-                log = log_file.read_text(errors="replace") if log_file.exists() else ""
-                await self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{log}")
-            await asyncio.sleep(0.02)
-
-    async def kill(self) -> None:
-        """Kill the server at once (SIGKILL), as a crash would, and wait until it is gone."""
-        if self.process is not None:
-            await stop_process(self.process, signal.SIGKILL)
+        if not await self.serves(self._answers_ping):
+            log_file = self.directory / "redis.log"
+            log = log_file.read_text(errors="replace") if log_file.exists() else ""
+            await self.stop()
+            raise RuntimeError(f"redis-server did not start on port {self.port}:\n{log}")
 
     async def stop(self) -> None:
         """Stop the server (SIGTERM; a paused one is resumed first) and wait until it is gone."""
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.resume()
-            await stop_process(self.process)
+        await super().stop()
 
     def pause(self) -> None:
         """Stop the server's process (SIGSTOP): it keeps its sockets but answers nothing."""
@@ -163,40 +228,48 @@ class RedisServer:
                 await writer.wait_closed()
 
 
-class Node:
-    """An endpoint with a ``RedisBroker`` (or ``RedisClusterBroker``) in its own OS process
-    (``tests/redis_node.py``)."""
+class Node(ServerProcess):
+    """An endpoint with a ``RedisBroker`` (or ``RedisClusterBroker``), and history or not, in
+    its own OS process (``tests/redis_node.py``)."""
 
     def __init__(
-        self, redis_url: str, *, prefix: str = "aiohttp_wsapp", cluster: bool = False
+        self,
+        redis_url: str,
+        *,
+        prefix: str = "aiohttp_wsapp",
+        cluster: bool = False,
+        history: History | None = None,
     ) -> None:
+        super().__init__()
         self.redis_url = redis_url
         self.prefix = prefix
         self.cluster = cluster
         """Whether the node uses ``RedisClusterBroker`` (``redis_url`` is a cluster node's)."""
-        self.port = free_port()
-        self.process: asyncio.subprocess.Process | None = None
+        self.history = history
+        """The node's history (its size and ttl; the envelope is the default one), or none."""
 
-    @property
-    def url(self) -> str:
-        """The ``http://`` URL clients connect to (every path is the endpoint)."""
-        return f"http://127.0.0.1:{self.port}/"
+    def options(self) -> list[str]:
+        """The command-line options of ``tests/redis_node.py`` for this node."""
+        options = ["--prefix", self.prefix]
+        if self.cluster:
+            options.append("--cluster")
+        if self.history is not None:
+            options += ["--history", str(self.history.size), str(self.history.ttl)]
+        return options
 
     async def start(self) -> None:
         """Start the process and wait until it serves (its broker connected to Redis)."""
-        self.process = await asyncio.create_subprocess_exec(
+        process = await self.spawn(
             sys.executable,
             str(NODE_SCRIPT),
             self.redis_url,
             str(self.port),
-            self.prefix,
-            *(["cluster"] if self.cluster else []),
-            stdin=asyncio.subprocess.DEVNULL,
+            *self.options(),
             stdout=asyncio.subprocess.PIPE,
         )
-        assert self.process.stdout is not None
+        assert process.stdout is not None
         try:
-            line = await asyncio.wait_for(self.process.stdout.readline(), STARTUP_TIMEOUT)
+            line = await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT)
         except asyncio.TimeoutError:
             line = b""
         if line.strip() != b"ready":
@@ -205,10 +278,42 @@ class Node:
 
     async def stop(self) -> None:
         """Stop the process (SIGTERM: a graceful shutdown) and wait until it is gone."""
+        await super().stop()
         if self.process is not None:
-            await stop_process(self.process)
             assert self.process.stdout is not None
             await self.process.stdout.read()
+
+
+@contextlib.asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[Redis]:
+    """A ``redis.asyncio`` client of the Redis at ``url``, closed on the way out."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+StartNode = Callable[..., Awaitable[Node]]
+"""``start(**options)``: start a :class:`Node` with these options, once it serves."""
+
+
+@contextlib.asynccontextmanager
+async def starting_nodes(redis_url: str, **defaults: Any) -> AsyncIterator[StartNode]:
+    """Start nodes on ``redis_url``, each with ``Node`` options (over ``defaults``); stop them
+    all on the way out."""
+    started: list[Node] = []
+
+    async def start(**options: Any) -> Node:
+        node = Node(redis_url, **{**defaults, **options})
+        started.append(node)
+        await node.start()
+        return node
+
+    yield start
+    await asyncio.gather(*(node.stop() for node in started))
 
 
 class ClusterNode:
@@ -235,12 +340,10 @@ class ClusterNode:
     def start(self) -> None:
         """Start the server (without waiting for it)."""
         self.process = subprocess.Popen(
-            [
+            redis_server_command(
                 self.program,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
+                self.port,
+                self.directory,
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -250,15 +353,7 @@ class ClusterNode:
                 # A shard without a primary leaves the others serving (and count() counting).
                 "--cluster-require-full-coverage",
                 "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--logfile",
-                "redis.log",
-            ],
+            ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
@@ -416,47 +511,6 @@ class RedisCluster:
             time.sleep(0.05)
 
 
-class NodeClient:
-    """A client of a :class:`Node`: sends commands, and keeps apart replies and broadcasts."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
-        self.ws = ws
-        self.received: deque[str | bytes] = deque()
-
-    async def command(self, do: str, **fields: Any) -> dict[str, Any]:
-        """Send a command; return its reply (keeping what arrives before it for :meth:`next`)."""
-        await self.ws.send_str(json.dumps({"do": do, **fields}))
-        while True:
-            message = await self._receive()
-            if isinstance(message, str) and message.startswith('{"reply"'):
-                reply: dict[str, Any] = json.loads(message)
-                return reply
-            self.received.append(message)
-
-    async def count(self, group: str | None = None) -> int:
-        """What ``await wsapp.count(group)`` returns in the node; fail if it raised."""
-        reply = await self.command("count", group=group)
-        assert reply["reply"] == "count", reply
-        count: int = reply["count"]
-        return count
-
-    async def broadcast(self, data: str, **options: Any) -> None:
-        """Make the node broadcast ``data``; fail if it could not."""
-        assert await self.command("broadcast", data=data, **options) == {"reply": "broadcast"}
-
-    async def next(self) -> str | bytes:
-        """The next message that is not a reply."""
-        if self.received:
-            return self.received.popleft()
-        return await self._receive()
-
-    async def _receive(self) -> str | bytes:
-        message = await self.ws.receive(timeout=TIMEOUT)
-        assert message.type in (WSMsgType.TEXT, WSMsgType.BINARY), message
-        data: str | bytes = message.data
-        return data
-
-
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
     """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
@@ -482,16 +536,3 @@ async def wait_for_count(
             raise AssertionError(f"counted {last}, not {expected}, after {timeout} s")
         await asyncio.sleep(0.01)
     return loop.time() - start
-
-
-def burst_received_by(
-    tag: str, targets: Sequence[str | None], total: int, groups: Collection[str | None]
-) -> list[str]:
-    """What a member of ``groups`` (``None``: everyone) receives of a node's ``join_and_burst``
-    (see ``tests/redis_node.py``), in call order."""
-    return [f"{tag} {i}" for i in range(total) if targets[i % len(targets)] in groups]
-
-
-async def receive_all(client: NodeClient, count: int) -> list[str | bytes]:
-    """The next ``count`` messages (not replies) that ``client`` receives."""
-    return [await client.next() for _ in range(count)]

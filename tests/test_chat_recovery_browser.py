@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from redis_server import STARTUP_TIMEOUT, RedisServer, free_port, stop_process
+from redis_server import RedisServer, ServerProcess, free_port
 from support import BROWSER_TIMEOUT
 
 if TYPE_CHECKING:
@@ -23,53 +22,28 @@ CHAT_SERVER = Path(__file__).resolve().parents[1] / "examples" / "chat" / "serve
 TIMEOUT = BROWSER_TIMEOUT
 
 
-class ChatProcess:
+class ChatProcess(ServerProcess):
     """``examples/chat/server.py --redis URL`` in its own OS process."""
 
     def __init__(self, redis_url: str) -> None:
+        super().__init__()
         self.redis_url = redis_url
-        self.port = free_port()
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
 
     async def start(self) -> None:
         """Start it and wait until it accepts connections."""
-        self.process = await asyncio.create_subprocess_exec(
+        await self.spawn(
             sys.executable,
             str(CHAT_SERVER),
             "--port",
             str(self.port),
             "--redis",
             self.redis_url,
-            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STARTUP_TIMEOUT
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                assert self.process.returncode is None, "the chat server exited"
-                assert loop.time() < deadline, "the chat server did not start"
-                await asyncio.sleep(0.05)
-            else:
-                writer.close()
-                await writer.wait_closed()
-                return
-
-    async def kill(self) -> None:
-        """SIGKILL it, as a crash would: no close frame, no leave notice."""
-        if self.process is not None:
-            await stop_process(self.process, signal.SIGKILL)
-
-    async def stop(self) -> None:
-        if self.process is not None:
-            await stop_process(self.process)
+        if not await self.serves(self.accepts_connections):
+            await self.stop()
+            raise RuntimeError(f"the chat server did not start on port {self.port}")
 
 
 class LoadBalancer:

@@ -1,191 +1,57 @@
 """History through Redis (``RedisBroker``), with endpoint processes of their own
-(``tests/history_node.py``) and a real ``redis-server``: positions across processes, a client whose
-process was killed, a Redis restart, trimmed and expired histories, the join race, gaps."""
+(``tests/redis_node.py --history``) and a real ``redis-server``: positions across processes, a
+client whose process was killed, a Redis restart, trimmed and expired histories, the join race,
+gaps."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import signal
-import sys
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
-from aiohttp import WSMsgType
-from redis_server import STARTUP_TIMEOUT, Node, RedisServer, stop_process
-from support import TIMEOUT
+from node_clients import ConnectHistory, HistoryClient, receive_all
+from redis_server import Node, RedisServer, StartNode, redis_client, starting_nodes
 
 from aiohttp_wsapp import History, Position
-from aiohttp_wsapp.history import read_envelope
 from aiohttp_wsapp.redis.history import PUBLISH, publish_args
 from aiohttp_wsapp.redis.names import Channels, HistoryKeys
 
-NODE_SCRIPT = __file__.replace("test_history_redis.py", "history_node.py")
 RECONNECTED_WITHIN = 15.0
 """How long a test waits for the nodes to reconnect after Redis came back."""
 PREFIX = "history-test"
 
 
-class HistoryNode(Node):
-    """An endpoint with history through Redis in its own OS process."""
-
-    def __init__(self, redis_url: str, *, size: int, ttl: float, cluster: bool = False) -> None:
-        super().__init__(redis_url, prefix=PREFIX, cluster=cluster)
-        self.size = size
-        self.ttl = ttl
-
-    async def start(self) -> None:
-        """Start the process and wait until it serves."""
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            NODE_SCRIPT,
-            self.redis_url,
-            str(self.port),
-            self.prefix,
-            str(self.size),
-            str(self.ttl),
-            *(["cluster"] if self.cluster else []),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert self.process.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.process.stdout.readline(), STARTUP_TIMEOUT)
-        except asyncio.TimeoutError:
-            line = b""
-        if line.strip() != b"ready":
-            await self.stop()
-            raise RuntimeError(f"the node on port {self.port} did not start: {line!r}")
-
-    async def kill(self) -> None:
-        """SIGKILL the process, as a crash would."""
-        assert self.process is not None
-        await stop_process(self.process, signal.SIGKILL)
-
-
-class Client:
-    """A client of a node: sends commands, keeps replies and envelopes apart."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
-        self.ws = ws
-        self.replies: deque[dict[str, Any]] = deque()
-        self.envelopes: deque[tuple[str, Position, str | bytes]] = deque()
-        self.joins: list[dict[str, Any]] = []
-        """The node's replies to the joins of the query string."""
-
-    async def _receive(self) -> None:
-        message = await self.ws.receive(timeout=TIMEOUT)
-        assert message.type in (WSMsgType.TEXT, WSMsgType.BINARY), message
-        if isinstance(message.data, str) and message.data.startswith('{"reply"'):
-            self.replies.append(json.loads(message.data))
-        else:
-            self.envelopes.append(read_envelope(message.data))
-
-    async def reply(self) -> dict[str, Any]:
-        """The next reply (envelopes before it are kept for :meth:`envelope`)."""
-        while not self.replies:
-            await self._receive()
-        return self.replies.popleft()
-
-    async def envelope(self) -> tuple[str, Position, str | bytes]:
-        """The next envelope (replies before it are kept for :meth:`reply`)."""
-        while not self.envelopes:
-            await self._receive()
-        return self.envelopes.popleft()
-
-    async def command(self, do: str, **fields: Any) -> dict[str, Any]:
-        await self.ws.send_str(json.dumps({"do": do, **fields}))
-        return await self.reply()
-
-    async def broadcast(self, group: str, data: str) -> Position:
-        reply = await self.command("broadcast", group=group, data=data)
-        assert reply["reply"] == "broadcast", reply
-        return Position.parse(reply["position"])
-
-    async def joined(self) -> dict[str, Any]:
-        reply = await self.reply()
-        assert reply["reply"] == "joined", reply
-        return reply
-
-    async def closed_with(self) -> int | None:
-        """Read until the server closes; return its close code."""
-        while True:
-            message = await self.ws.receive(timeout=TIMEOUT)
-            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                return self.ws.close_code
-
-
-StartNode = Callable[..., Awaitable[HistoryNode]]
-Connect = Callable[..., Awaitable[Client]]
-
-
 @pytest.fixture
 async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
-    started: list[HistoryNode] = []
-
-    async def start(size: int = 1000, ttl: float = 300.0) -> HistoryNode:
-        node = HistoryNode(redis_server.url, size=size, ttl=ttl)
-        started.append(node)
-        await node.start()
-        return node
-
-    yield start
-    await asyncio.gather(*(node.stop() for node in started))
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Open clients to nodes, joining with a query string; close them after the test."""
-    clients: list[Client] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def connect(
-            node: Node, join: tuple[str, ...] = (), since: dict[str, Position] | None = None
-        ) -> Client:
-            query = [("join", group) for group in join]
-            query += [(f"since.{group}", str(p)) for group, p in (since or {}).items()]
-            ws = await session.ws_connect(node.url, params=query)
-            client = Client(ws)
-            clients.append(client)
-            for _ in range(len(query)):
-                client.joins.append(await client.joined())
-            return client
-
-        yield connect
-        for client in clients:
-            await client.ws.close()
-
-
-async def received(client: Client, count: int) -> list[tuple[str, Position, str | bytes]]:
-    return [await client.envelope() for _ in range(count)]
+    """Start endpoint processes with history (by default ``History(size=1000, ttl=300.0)``)."""
+    history = History(size=1000, ttl=300.0)
+    async with starting_nodes(redis_server.url, prefix=PREFIX, history=history) as start:
+        yield start
 
 
 # -- positions across processes -----------------------------------------------------------------
 
 
 async def test_every_process_delivers_a_groups_broadcasts_in_offset_order(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     a, b = await start_node(), await start_node()
-    on_a, on_b = await connect(a, join=("g",)), await connect(b, join=("g",))
+    on_a, on_b = await connect_history(a, join=("g",)), await connect_history(b, join=("g",))
     sent = []
     for n in range(10):
         sent.append(await (on_a if n % 2 else on_b).broadcast("g", f"m{n}"))
     epoch = sent[0].epoch
     assert sent == [Position(epoch, n) for n in range(1, 11)]
     expected = [("g", sent[n], f"m{n}") for n in range(10)]
-    assert await received(on_a, 10) == expected
-    assert await received(on_b, 10) == expected
+    assert await receive_all(on_a, 10) == expected
+    assert await receive_all(on_b, 10) == expected
     position = await on_a.command("position", group="g")
     assert Position.parse(position["position"]) == sent[-1]
 
 
 async def test_kept_broadcasts_not_awaited_right_after_a_join_are_numbered_in_call_order(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     """SPEC §5 with history: a connection joins a group and, in the same plain handler (and on
     the next turns of the loop, while the join's subscription is answered), broadcasts to it
@@ -194,10 +60,10 @@ async def test_kept_broadcasts_not_awaited_right_after_a_join_are_numbered_in_ca
     rounds, burst, turns = 10, 20, 20
     fresh = [f"burst {round_}" for round_ in range(rounds)]
     a, b = await start_node(), await start_node()
-    joiner = await connect(a)
-    b_member = await connect(b, join=(*fresh, "ready"))
+    joiner = await connect_history(a)
+    b_member = await connect_history(b, join=(*fresh, "ready"))
     ready = await b_member.broadcast("ready", "ready")  # publish after subscribe: all confirmed
-    assert await b_member.envelope() == ("ready", ready, "ready")
+    assert await b_member.next() == ("ready", ready, "ready")
 
     for round_, group in enumerate(fresh):
         tag = f"round {round_}"
@@ -205,26 +71,26 @@ async def test_kept_broadcasts_not_awaited_right_after_a_join_are_numbered_in_ca
             "join_and_burst", group=group, burst=burst, turns=turns, tag=tag
         ) == {"reply": "join_and_burst"}
         for client in (joiner, b_member):
-            got = await received(client, burst + turns)
+            got = await receive_all(client, burst + turns)
             epoch = got[0][1].epoch
             assert got == [
                 (group, Position(epoch, n + 1), f"{tag} {n}") for n in range(burst + turns)
             ], round_
-    assert not joiner.envelopes
-    assert not b_member.envelopes
+    assert not joiner.received
+    assert not b_member.received
 
 
 async def test_a_client_of_a_killed_process_recovers_from_another(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     a, b = await start_node(), await start_node()
-    talker = await connect(b, join=("g",))
-    listener = await connect(a, join=("g",))
+    talker = await connect_history(b, join=("g",))
+    listener = await connect_history(a, join=("g",))
     before = [await talker.broadcast("g", f"before {n}") for n in range(3)]
-    assert [position for _, position, _ in await received(listener, 3)] == before
+    assert [position for _, position, _ in await receive_all(listener, 3)] == before
     await a.kill()
     missed = [await talker.broadcast("g", f"missed {n}") for n in range(5)]
-    back = await connect(b, since={"g": before[-1]})  # the listener's client, reconnected
+    back = await connect_history(b, since={"g": before[-1]})  # the listener's client, reconnected
     assert back.joins == [
         {
             "reply": "joined",
@@ -235,15 +101,17 @@ async def test_a_client_of_a_killed_process_recovers_from_another(
         }
     ]
     live = await talker.broadcast("g", "live")
-    got = await received(back, 6)
+    got = await receive_all(back, 6)
     assert got == [("g", p, f"missed {n}") for n, p in enumerate(missed)] + [("g", live, "live")]
 
 
-async def test_join_since_reports_the_recovery(start_node: StartNode, connect: Connect) -> None:
+async def test_join_since_reports_the_recovery(
+    start_node: StartNode, connect_history: ConnectHistory
+) -> None:
     a = await start_node()
-    talker = await connect(a, join=("g",))
+    talker = await connect_history(a, join=("g",))
     sent = [await talker.broadcast("g", f"m{n}") for n in range(4)]
-    back = await connect(a)
+    back = await connect_history(a)
     reply = await back.command("join", group="g", since=str(sent[0]))
     assert reply == {
         "reply": "joined",
@@ -252,56 +120,60 @@ async def test_join_since_reports_the_recovery(start_node: StartNode, connect: C
         "position": str(sent[-1]),
         "replayed": 3,
     }
-    assert [p for _, p, _ in await received(back, 3)] == sent[1:]
+    assert [p for _, p, _ in await receive_all(back, 3)] == sent[1:]
 
 
 # -- what cannot be recovered -------------------------------------------------------------------
 
 
-async def test_a_trimmed_history_is_not_recovered(start_node: StartNode, connect: Connect) -> None:
-    a = await start_node(size=3)
-    talker = await connect(a, join=("g",))
+async def test_a_trimmed_history_is_not_recovered(
+    start_node: StartNode, connect_history: ConnectHistory
+) -> None:
+    a = await start_node(history=History(size=3, ttl=300.0))
+    talker = await connect_history(a, join=("g",))
     sent = [await talker.broadcast("g", f"m{n}") for n in range(5)]
-    back = await connect(a)
+    back = await connect_history(a)
     reply = await back.command("join", group="g", since=str(sent[0]))
     assert (reply["recovered"], reply["replayed"], reply["position"]) == (False, 0, str(sent[-1]))
     assert (await back.command("join", group="g", since=str(sent[1])))["replayed"] == 3
     live = await talker.broadcast("g", "live")
-    assert [p for _, p, _ in await received(back, 4)] == [*sent[2:], live]
+    assert [p for _, p, _ in await receive_all(back, 4)] == [*sent[2:], live]
 
 
-async def test_an_expired_history_is_not_recovered(start_node: StartNode, connect: Connect) -> None:
-    a = await start_node(ttl=0.3)
-    talker = await connect(a, join=("g",))
+async def test_an_expired_history_is_not_recovered(
+    start_node: StartNode, connect_history: ConnectHistory
+) -> None:
+    a = await start_node(history=History(size=1000, ttl=0.3))
+    talker = await connect_history(a, join=("g",))
     first = Position.parse((await talker.command("position", group="g"))["position"])
     await talker.broadcast("g", "expires")
     await asyncio.sleep(0.4)
-    back = await connect(a)
+    back = await connect_history(a)
     reply = await back.command("join", group="g", since=str(first))
     assert (reply["recovered"], reply["replayed"]) == (False, 0)
 
 
 async def test_a_silent_group_keeps_its_epoch_and_offset(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
-    a = await start_node(ttl=0.3)
-    talker = await connect(a, join=("g",))
+    a = await start_node(history=History(size=1000, ttl=0.3))
+    talker = await connect_history(a, join=("g",))
     last = [await talker.broadcast("g", f"m{n}") for n in range(3)][-1]
     await asyncio.sleep(0.5)
-    back = await connect(a)
+    back = await connect_history(a)
     reply = await back.command("join", group="g", since=str(last))
     assert (reply["recovered"], reply["replayed"], reply["position"]) == (True, 0, str(last))
     assert await talker.broadcast("g", "again") == Position(last.epoch, 4)
 
 
 async def test_a_redis_restart_is_a_new_epoch_and_members_rejoin(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
     a, b = await start_node(), await start_node()
-    member = await connect(a, join=("g",))
-    talker = await connect(b)
+    member = await connect_history(a, join=("g",))
+    talker = await connect_history(b)
     old = await talker.broadcast("g", "before the restart")
-    assert (await member.envelope())[1] == old
+    assert (await member.next())[1] == old
     await redis_server.kill()
     await redis_server.start()
     loop = asyncio.get_running_loop()
@@ -319,7 +191,7 @@ async def test_a_redis_restart_is_a_new_epoch_and_members_rejoin(
     # member is closed (as soon as a's broker is back, broadcast or not), to rejoin with
     # since= and learn that the history was lost.
     assert await member.closed_with() == 1012
-    back = await connect(a)
+    back = await connect_history(a)
     rejoined = await back.command("join", group="g", since=str(old))
     assert (rejoined["recovered"], rejoined["replayed"]) == (False, 0)
     assert Position.parse(rejoined["position"]).epoch == new.epoch
@@ -329,10 +201,10 @@ async def test_a_redis_restart_is_a_new_epoch_and_members_rejoin(
 
 
 async def test_replay_then_live_none_lost_none_twice_across_processes(
-    start_node: StartNode, connect: Connect
+    start_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     a, b = await start_node(), await start_node()
-    talker = await connect(b, join=("g",))
+    talker = await connect_history(b, join=("g",))
     total = 200
     rng = random.Random(21)
     published: list[Position] = []
@@ -348,10 +220,10 @@ async def test_replay_then_live_none_lost_none_twice_across_processes(
         async with progress:
             await progress.wait_for(lambda: len(published) >= after)
         since = published[rng.randrange(0, len(published))]
-        client = await connect(a, since={"g": since})
+        client = await connect_history(a, since={"g": since})
         offsets: list[int] = []
         while not offsets or offsets[-1] < total:
-            _, position, data = await client.envelope()
+            _, position, data = await client.next()
             assert data == f"m{position.offset - 1}"
             offsets.append(position.offset)
         assert offsets == list(range(since.offset + 1, total + 1))
@@ -370,85 +242,76 @@ TEXT_HEADER = b"\x01\x00\x00\x00\x00"
 async def missed_by_every_process(redis_url: str, count: int) -> None:
     """Number and keep ``count`` broadcasts to ``g`` that no process receives, as if every
     process had lost its subscription meanwhile."""
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(redis_url)
-    try:
+    async with redis_client(redis_url) as client:
         for n in range(count):
             args = publish_args(History(), b"nobody listens", TEXT_HEADER, b"missed %d" % n)
             await client.eval(PUBLISH, 2, *GROUP_KEYS, *args)
-    finally:
-        await client.aclose()
+
+
+async def member_and_talker(
+    start_node: StartNode, connect_history: ConnectHistory
+) -> tuple[Node, HistoryClient, HistoryClient, Position]:
+    """Two nodes, each with a client in ``g``: the second's (the talker) broadcast ``first``,
+    which the first's (the member) received. Return the first node, the member, the talker and
+    ``first``'s position."""
+    a, b = await start_node(), await start_node()
+    member = await connect_history(a, join=("g",))
+    talker = await connect_history(b, join=("g",))
+    first = await talker.broadcast("g", "first")
+    assert await member.next() == ("g", first, "first")
+    return a, member, talker, first
 
 
 async def test_a_gap_is_filled_from_the_history_in_order(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
-    a, b = await start_node(), await start_node()
-    member = await connect(a, join=("g",))
-    talker = await connect(b, join=("g",))
-    first = await talker.broadcast("g", "first")
-    assert await member.envelope() == ("g", first, "first")
+    _, member, talker, first = await member_and_talker(start_node, connect_history)
     await missed_by_every_process(redis_server.url, 3)
     after = await talker.broadcast("g", "after")
     assert after.offset == 5
     expected = [("g", Position(first.epoch, 2 + n), f"missed {n}") for n in range(3)]
     expected.append(("g", after, "after"))
-    assert await received(member, 4) == expected
-    assert await received(talker, 5) == [("g", first, "first"), *expected]
+    assert await receive_all(member, 4) == expected
+    assert await receive_all(talker, 5) == [("g", first, "first"), *expected]
 
 
 async def test_a_gap_the_history_no_longer_holds_closes_the_members_with_1012(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
-    from redis.asyncio import Redis
-
-    a, b = await start_node(), await start_node()
-    member = await connect(a, join=("g",))
-    talker = await connect(b, join=("g",))
-    first = await talker.broadcast("g", "first")
-    assert await member.envelope() == ("g", first, "first")
-    client = Redis.from_url(redis_server.url)
-    try:  # ten broadcasts numbered and already trimmed
+    a, member, talker, first = await member_and_talker(start_node, connect_history)
+    async with redis_client(redis_server.url) as client:  # ten broadcasts numbered and trimmed
         await client.hincrby(GROUP_KEYS[0], "offset", 10)
-    finally:
-        await client.aclose()
     after = await talker.broadcast("g", "after")
     assert after.offset == 12
     assert await member.closed_with() == 1012
     assert await talker.closed_with() == 1012
-    back = await connect(a)
+    back = await connect_history(a)
     rejoined = await back.command("join", group="g", since=str(first))
     assert (rejoined["recovered"], rejoined["position"]) == (False, str(after))
 
 
 async def test_a_gap_is_filled_as_soon_as_the_broker_reconnects(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
-    from redis.asyncio import Redis
-
     a = await start_node()
-    member = await connect(a, join=("g",))
+    member = await connect_history(a, join=("g",))
     first = await member.broadcast("g", "first")
-    assert await member.envelope() == ("g", first, "first")
+    assert await member.next() == ("g", first, "first")
     await missed_by_every_process(redis_server.url, 2)
-    client = Redis.from_url(redis_server.url)
-    try:  # the node loses its subscription, and connects again
-        await client.client_kill_filter(_type="pubsub")
-    finally:
-        await client.aclose()
+    async with redis_client(redis_server.url) as client:  # the node loses its subscription
+        await client.client_kill_filter(_type="pubsub")  # and connects again
     # No broadcast after the reconnection: what was missed comes all the same.
-    assert await received(member, 2) == [
+    assert await receive_all(member, 2) == [
         ("g", Position(first.epoch, 2), "missed 0"),
         ("g", Position(first.epoch, 3), "missed 1"),
     ]
 
 
 async def test_join_since_while_redis_is_unreachable_raises_broker_error(
-    start_node: StartNode, connect: Connect, redis_server: RedisServer
+    start_node: StartNode, connect_history: ConnectHistory, redis_server: RedisServer
 ) -> None:
     a = await start_node()
-    client = await connect(a)
+    client = await connect_history(a)
     position = Position.parse((await client.command("position", group="g"))["position"])
     await redis_server.stop()
     reply = await client.command("join", group="g", since=str(position))

@@ -12,17 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
+from node_clients import Connect, burst_received_by, receive_all
 from pytest_aiohttp import AiohttpClient, AiohttpServer
-from redis_server import (
-    Node,
-    NodeClient,
-    RedisServer,
-    burst_received_by,
-    free_port,
-    receive_all,
-    wait_for_count,
-    wait_until,
-)
+from redis_server import RedisServer, StartNode, free_port, redis_client, wait_for_count, wait_until
 from support import TIMEOUT, require_module
 
 from aiohttp_wsapp import BrokerError, Connection, WebSocketApp, create_app
@@ -35,8 +27,6 @@ if TYPE_CHECKING:
 
 RECOVERY_TIMEOUT = 15.0
 """How long a test waits for the brokers to reconnect after Redis is back."""
-COUNTED_WITHIN = 1.0
-"""SPEC §5: with ``RedisBroker``, a join or leave counts in every process within a second."""
 PRESENCE_REFRESH = 5.0
 """How often a process rewrites its counts in Redis, and refreshes their expiry (14 s)."""
 
@@ -53,11 +43,8 @@ def redis_module() -> None:
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     """A client of the test's Redis, to look at its channels."""
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
+    async with redis_client(redis_server.url) as client:
+        yield client
 
 
 MakeBroker = Callable[..., "RedisBroker"]
@@ -114,52 +101,10 @@ def serve_local(
     return serve
 
 
-StartNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def start_node(redis_server: RedisServer) -> AsyncIterator[StartNode]:
-    """Start endpoint processes (``tests/redis_node.py``); stop them all after the test."""
-    started: list[Node] = []
-
-    async def start(prefix: str = "aiohttp_wsapp") -> Node:
-        node = Node(redis_server.url, prefix=prefix)
-        started.append(node)
-        await node.start()
-        return node
-
-    yield start
-    await asyncio.gather(*(node.stop() for node in started))
-
-
-Connect = Callable[[Node], Awaitable[NodeClient]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Open client connections to nodes; close them all after the test."""
-    clients: list[NodeClient] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def connect(node: Node) -> NodeClient:
-            client = NodeClient(await session.ws_connect(node.url))
-            clients.append(client)
-            return client
-
-        yield connect
-        for client in clients:
-            await client.ws.close()
-
-
 async def subscribers(redis_url: str, channel: str) -> int:
     """How many connections are subscribed to ``channel`` (a new client each time)."""
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(redis_url)
-    try:
+    async with redis_client(redis_url) as client:
         counts = await client.pubsub_numsub(channel)
-    finally:
-        await client.aclose()
     return int(counts[0][1])
 
 

@@ -9,38 +9,39 @@ endpoint processes are ``tests/redis_node.py``, driven by WebSocket clients.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import NamedTuple
 
-import aiohttp
 import pytest
+from node_clients import Connect, ConnectHistory, NodeClient, burst_received_by, receive_all
 from redis_server import (
     CLUSTER_NODE_TIMEOUT_MS,
     ClusterNode,
     Node,
-    NodeClient,
     RedisCluster,
-    burst_received_by,
+    StartNode,
     free_port,
-    receive_all,
+    starting_nodes,
     wait_for_count,
     wait_until,
 )
 from support import TIMEOUT, require_module, require_program
-from test_history_redis import Client as HistoryClient
-from test_history_redis import HistoryNode
 
-from aiohttp_wsapp import BrokerError, Position, create_app
+from aiohttp_wsapp import BrokerError, History, Position, create_app
 
 PREFIX = "aiohttp_wsapp"
+HISTORY_PREFIX = "history-test"
+"""The prefix of the history nodes' endpoints."""
 RESUMED_WITHIN = 1.0
 """SPEC §5: delivery resumes within 1 s of the cluster promoting a replica."""
 
 
-def channel(group: str) -> str:
+def channel(group: str, prefix: str = PREFIX) -> str:
     """The channel of ``group`` (the documented layout; the names used here need no escaping)."""
-    return f"{{{PREFIX}:group:{group}}}"
+    return f"{{{prefix}:group:{group}}}"
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -70,39 +71,11 @@ def healthy(cluster: RedisCluster) -> Iterator[RedisCluster]:
     cluster.wait_healthy()
 
 
-StartNode = Callable[[], Awaitable[Node]]
-Connect = Callable[[Node], Awaitable[NodeClient]]
-
-
 @pytest.fixture
 async def start_node(healthy: RedisCluster) -> AsyncIterator[StartNode]:
     """Start endpoint processes with a ``RedisClusterBroker``; stop them after the test."""
-    started: list[Node] = []
-
-    async def start() -> Node:
-        node = Node(healthy.url, prefix=PREFIX, cluster=True)
-        started.append(node)
-        await node.start()
-        return node
-
-    yield start
-    await asyncio.gather(*(node.stop() for node in started))
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Open client connections to nodes; close them after the test."""
-    clients: list[NodeClient] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def connect(node: Node) -> NodeClient:
-            client = NodeClient(await session.ws_connect(node.url))
-            clients.append(client)
-            return client
-
-        yield connect
-        for client in clients:
-            await client.ws.close()
+    async with starting_nodes(healthy.url, prefix=PREFIX, cluster=True) as start:
+        yield start
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -112,15 +85,29 @@ def slot_of(cluster: RedisCluster, key: str) -> int:
     return int(cluster.nodes[0].command("CLUSTER", "KEYSLOT", key))
 
 
-def groups_by_primary(cluster: RedisCluster, count: int = 60) -> dict[str, list[str]]:
-    """Group names ``g0``, ``g1``... by the address of the primary that serves their channel."""
+def groups_by_primary(
+    cluster: RedisCluster, name: str = "g", prefix: str = PREFIX
+) -> dict[str, list[str]]:
+    """Group names ``{name}0`` to ``{name}59`` by the address of the primary that serves their
+    channel with ``prefix`` (and so, with history, their history's keys)."""
     by_primary: dict[str, list[str]] = {}
-    for n in range(count):
-        group = f"g{n}"
-        by_primary.setdefault(cluster.primary_of(slot_of(cluster, channel(group))), []).append(
-            group
-        )
+    for n in range(60):
+        group = f"{name}{n}"
+        slot = slot_of(cluster, channel(group, prefix))
+        by_primary.setdefault(cluster.primary_of(slot), []).append(group)
     return by_primary
+
+
+def away_from_presence(
+    cluster: RedisCluster, name: str = "g", prefix: str = PREFIX
+) -> tuple[str, str, str]:
+    """A primary that does not serve the presence set with ``prefix`` (losing it leaves counts
+    working), the first group ``{name}N`` that it serves, and the first that another serves."""
+    presence_primary = cluster.primary_of(slot_of(cluster, f"{{{prefix}:presence}}"))
+    by_primary = groups_by_primary(cluster, name, prefix)
+    primary = next(p for p in by_primary if p != presence_primary)
+    elsewhere = next(groups[0] for p, groups in by_primary.items() if p != primary)
+    return primary, by_primary[primary][0], elsewhere
 
 
 async def shard_subscribers(cluster: RedisCluster, group: str) -> int:
@@ -137,6 +124,33 @@ async def wait_for_shard_subscribers(cluster: RedisCluster, group: str, count: i
         return await shard_subscribers(cluster, group) == count
 
     await wait_until(subscribed, TIMEOUT)
+
+
+class OnTwoShards(NamedTuple):
+    """Two processes: ``sender``, a client of ``a``, and ``member``, of ``b``, a member of
+    ``group`` (served by ``primary``, which does not serve the presence set) and of ``other``
+    (served by another primary), each subscribed on its shard."""
+
+    a: Node
+    b: Node
+    sender: NodeClient
+    member: NodeClient
+    primary: str
+    group: str
+    other: str
+
+
+async def member_on_two_shards(
+    cluster: RedisCluster, start_node: StartNode, connect: Connect
+) -> OnTwoShards:
+    """Start :class:`OnTwoShards`."""
+    a, b = await start_node(), await start_node()
+    sender, member = await connect(a), await connect(b)
+    primary, group, other = away_from_presence(cluster)
+    for joined in (group, other):
+        await member.command("join", group=joined)
+        await wait_for_shard_subscribers(cluster, joined, 1)
+    return OnTwoShards(a, b, sender, member, primary, group, other)
 
 
 def command_calls(cluster: RedisCluster) -> dict[str, dict[str, int]]:
@@ -248,16 +262,8 @@ async def test_count_adds_up_every_process(start_node: StartNode, connect: Conne
 async def test_after_a_failover_delivery_resumes_within_a_second_of_the_promotion(
     healthy: RedisCluster, start_node: StartNode, connect: Connect
 ) -> None:
-    a, b = await start_node(), await start_node()
-    sender, member = await connect(a), await connect(b)
-    presence_primary = healthy.primary_of(slot_of(healthy, f"{{{PREFIX}:presence}}"))
-    by_primary = groups_by_primary(healthy)
-    doomed_primary = next(p for p in by_primary if p != presence_primary)
-    doomed = by_primary[doomed_primary][0]
-    safe = next(groups[0] for p, groups in by_primary.items() if p != doomed_primary)
-    for group in (doomed, safe):
-        await member.command("join", group=group)
-        await wait_for_shard_subscribers(healthy, group, 1)
+    on_two_shards = await member_on_two_shards(healthy, start_node, connect)
+    a, b, sender, member, doomed_primary, doomed, safe = on_two_shards
     await sender.broadcast("before", group=doomed)
     assert await member.next() == "before"
     replica = healthy.node(healthy.topology()[doomed_primary][0])
@@ -318,16 +324,8 @@ async def test_after_a_failover_delivery_resumes_within_a_second_of_the_promotio
 async def test_a_primary_without_a_replica_fails_its_groups_and_no_other(
     healthy: RedisCluster, start_node: StartNode, connect: Connect
 ) -> None:
-    a, b = await start_node(), await start_node()
-    sender, member = await connect(a), await connect(b)
-    presence_primary = healthy.primary_of(slot_of(healthy, f"{{{PREFIX}:presence}}"))
-    by_primary = groups_by_primary(healthy)
-    lost_primary = next(p for p in by_primary if p != presence_primary)
-    lost = by_primary[lost_primary][0]
-    safe = next(groups[0] for p, groups in by_primary.items() if p != lost_primary)
-    for group in (lost, safe):
-        await member.command("join", group=group)
-        await wait_for_shard_subscribers(healthy, group, 1)
+    on_two_shards = await member_on_two_shards(healthy, start_node, connect)
+    a, _, sender, member, lost_primary, lost, safe = on_two_shards
     await wait_for_count(lambda: sender.count(lost), 1)
     await wait_for_count(lambda: sender.count(safe), 1)
 
@@ -420,66 +418,19 @@ async def test_a_broker_in_this_process_delivers_counts_and_leaves_nothing_behin
 
 # -- history on the cluster (SPEC §8) ------------------------------------------------------------
 
-HISTORY_PREFIX = "history-test"
-"""The prefix of ``tests/history_node.py``'s endpoints."""
-
-
-def history_groups_by_primary(cluster: RedisCluster, name: str) -> dict[str, list[str]]:
-    """Group names ``{name}0``, ``{name}1``... of the history nodes, by the address of the primary
-    that serves their channel (and so their history's keys)."""
-    by_primary: dict[str, list[str]] = {}
-    for n in range(60):
-        group = f"{name}{n}"
-        slot = slot_of(cluster, f"{{{HISTORY_PREFIX}:group:{group}}}")
-        by_primary.setdefault(cluster.primary_of(slot), []).append(group)
-    return by_primary
-
-
-StartHistoryNode = Callable[..., Awaitable[HistoryNode]]
-ConnectHistory = Callable[..., Awaitable[HistoryClient]]
-
 
 @pytest.fixture
-async def start_history_node(healthy: RedisCluster) -> AsyncIterator[StartHistoryNode]:
+def start_history_node(start_node: StartNode) -> StartNode:
     """Start endpoint processes with history through a ``RedisClusterBroker``."""
-    started: list[HistoryNode] = []
-
-    async def start(size: int = 1000) -> HistoryNode:
-        node = HistoryNode(healthy.url, size=size, ttl=300.0, cluster=True)
-        started.append(node)
-        await node.start()
-        return node
-
-    yield start
-    await asyncio.gather(*(node.stop() for node in started))
-
-
-@pytest.fixture
-async def connect_history() -> AsyncIterator[ConnectHistory]:
-    """Open clients to history nodes, joining with a query string; close them after the test."""
-    clients: list[HistoryClient] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def connect(
-            node: Node, join: tuple[str, ...] = (), since: dict[str, Position] | None = None
-        ) -> HistoryClient:
-            query = [("join", group) for group in join]
-            query += [(f"since.{group}", str(p)) for group, p in (since or {}).items()]
-            client = HistoryClient(await session.ws_connect(node.url, params=query))
-            clients.append(client)
-            for _ in range(len(query)):
-                client.joins.append(await client.joined())
-            return client
-
-        yield connect
-        for client in clients:
-            await client.ws.close()
+    return functools.partial(
+        start_node, prefix=HISTORY_PREFIX, history=History(size=1000, ttl=300.0)
+    )
 
 
 async def test_history_positions_and_replay_across_processes_on_every_shard(
-    start_history_node: StartHistoryNode, connect_history: ConnectHistory, healthy: RedisCluster
+    start_history_node: StartNode, connect_history: ConnectHistory, healthy: RedisCluster
 ) -> None:
-    groups = tuple(names[0] for names in history_groups_by_primary(healthy, "h").values())
+    groups = tuple(names[0] for names in groups_by_primary(healthy, "h", HISTORY_PREFIX).values())
     assert len(groups) == 3  # one group per primary
     a, b = await start_history_node(), await start_history_node()
     on_a, on_b = await connect_history(a, join=groups), await connect_history(b, join=groups)
@@ -491,7 +442,7 @@ async def test_history_positions_and_replay_across_processes_on_every_shard(
         epoch = sent[group][0].epoch
         assert sent[group] == [Position(epoch, n) for n in range(1, 5)]
     for client in (on_a, on_b):
-        got = [await client.envelope() for _ in range(4 * len(groups))]
+        got = [await client.next() for _ in range(4 * len(groups))]
         for group in groups:
             mine = [envelope for envelope in got if envelope[0] == group]
             assert mine == [(group, p, f"{group} m{n}") for n, p in enumerate(sent[group])]
@@ -508,16 +459,16 @@ async def test_history_positions_and_replay_across_processes_on_every_shard(
         }
         for group in groups
     ]
-    replayed = [await back.envelope() for _ in range(3 * len(groups))]
+    replayed = [await back.next() for _ in range(3 * len(groups))]
     assert replayed == [
         (group, p, f"{group} m{n}") for group in groups for n, p in enumerate(sent[group]) if n > 0
     ]
 
 
 async def test_a_trimmed_history_on_the_cluster_is_not_recovered(
-    start_history_node: StartHistoryNode, connect_history: ConnectHistory
+    start_history_node: StartNode, connect_history: ConnectHistory
 ) -> None:
-    a = await start_history_node(size=3)
+    a = await start_history_node(history=History(size=3, ttl=300.0))
     talker = await connect_history(a, join=("trimmed",))
     sent = [await talker.broadcast("trimmed", f"m{n}") for n in range(5)]
     back = await connect_history(a)
@@ -525,25 +476,22 @@ async def test_a_trimmed_history_on_the_cluster_is_not_recovered(
     assert (reply["recovered"], reply["replayed"], reply["position"]) == (False, 0, str(sent[-1]))
     reply = await back.command("join", group="trimmed", since=str(sent[1]))
     assert (reply["recovered"], reply["replayed"]) == (True, 3)
-    assert [p for _, p, _ in [await back.envelope() for _ in range(3)]] == sent[2:]
+    assert [p for _, p, _ in [await back.next() for _ in range(3)]] == sent[2:]
 
 
 async def test_history_survives_a_failover_to_a_replica_that_had_it(
-    healthy: RedisCluster, start_history_node: StartHistoryNode, connect_history: ConnectHistory
+    healthy: RedisCluster, start_history_node: StartNode, connect_history: ConnectHistory
 ) -> None:
     """The cluster replicates the history's hash and stream to the replica (asynchronously): once
     the replica has caught up, a failover keeps the epoch and the offset. The member in the
     other process misses nothing: the broker fills the gap from the history when the group's
     new primary is subscribed, and a client that comes back since its last position recovers."""
-    presence_slot = slot_of(healthy, f"{{{HISTORY_PREFIX}:presence}}")
-    by_primary = history_groups_by_primary(healthy, "failover")
-    doomed_primary = next(p for p in by_primary if p != healthy.primary_of(presence_slot))
-    group = by_primary[doomed_primary][0]
+    doomed_primary, group, _ = away_from_presence(healthy, "failover", HISTORY_PREFIX)
     a, b = await start_history_node(), await start_history_node()
     talker = await connect_history(a, join=(group,))
     member = await connect_history(b, join=(group,))
     before = [await talker.broadcast(group, f"before {n}") for n in range(3)]
-    assert [p for _, p, _ in [await member.envelope() for _ in range(3)]] == before
+    assert [p for _, p, _ in [await member.next() for _ in range(3)]] == before
     primary = healthy.node(doomed_primary)
     replica = healthy.node(healthy.topology()[doomed_primary][0])
 
@@ -569,8 +517,8 @@ async def test_history_survives_a_failover_to_a_replica_that_had_it(
     await wait_until(published_again, 30.0)
     after = Position.parse((await talker.command("position", group=group))["position"])
     assert after == Position(before[-1].epoch, before[-1].offset + 1)  # same epoch, next offset
-    assert await member.envelope() == (group, after, "after")
+    assert await member.next() == (group, after, "after")
     back = await connect_history(a, since={group: before[0]})
     assert back.joins[0]["recovered"] is True
     assert back.joins[0]["replayed"] == 3
-    assert [p for _, p, _ in [await back.envelope() for _ in range(3)]] == [*before[1:], after]
+    assert [p for _, p, _ in [await back.next() for _ in range(3)]] == [*before[1:], after]

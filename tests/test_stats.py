@@ -352,3 +352,31 @@ async def test_group_broadcasts_with_history_count_their_envelopes(
     size = len(envelope.encode() if isinstance(envelope, str) else envelope)
     assert (stats.broadcasts, stats.broadcast_frames) == (1, 1)
     assert (stats.messages_sent, stats.bytes_sent) == (1, size)  # the envelope, not "news"
+
+
+async def test_a_replay_counts_each_envelope_as_a_send(serve: Serve, recorder: Recorder) -> None:
+    """SPEC §9: a replay counts as sends, one per replayed broadcast, its envelope's bytes."""
+    from aiohttp_wsapp import History
+    from aiohttp_wsapp.history import default_envelope
+
+    endpoint = await serve(recorder.on_establish, history=History())
+    wsapp = endpoint.wsapp
+    before = await wsapp.position("room")
+    positions = [await wsapp.broadcast(f"missed {n}", group="room") for n in range(3)]
+    envelopes = [
+        default_envelope(position, "room", f"missed {n}")
+        for n, position in enumerate(positions)
+        if position is not None
+    ]
+    assert len(envelopes) == 3
+    async with endpoint.client.ws_connect("/websocket") as ws:
+        conn = await recorder.connection()
+        recovery = await conn.join("room", since=before)
+        assert (recovery.recovered, recovery.replayed) == (True, 3)
+        for envelope in envelopes:
+            assert (await ws.receive(TIMEOUT)).data == envelope
+    await recorder.finish()
+    stats = wsapp.stats()
+    sizes = [len(e.encode() if isinstance(e, str) else e) for e in envelopes]
+    assert (stats.broadcasts, stats.broadcast_frames) == (3, 3)  # frames: the replay's
+    assert (stats.messages_sent, stats.bytes_sent) == (3, sum(sizes))

@@ -25,8 +25,9 @@ package-internal):
 
 - :mod:`.broker`: :class:`RedisBroker`, which joins the parts below;
 - :mod:`.cluster`: :class:`RedisClusterBroker`, the same on a Redis Cluster, with
-  :mod:`.topology` (which primary serves each slot) and :mod:`.shards` (a subscriber, a
-  publisher and a client per primary);
+  :mod:`.topology` (which primary serves each slot), :mod:`.nodes` (reaching the nodes, and
+  reading the map again when it may be stale) and :mod:`.shards` (a subscriber, a publisher
+  and a client per primary);
 - :mod:`.names`: the channel and key names of a prefix;
 - :mod:`.codec`: a broadcast as a channel message, and back;
 - :mod:`.subscriber`: the connection that listens, reconnects, and settles subscriptions;

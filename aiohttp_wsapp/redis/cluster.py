@@ -1,11 +1,11 @@
 """``RedisClusterBroker``: broadcasts shared by every process through a Redis Cluster's sharded
 pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis 7 or later).
 
-The broker reads the cluster's map (:mod:`.topology`), keeps a :class:`.shards.Shard` per primary
-(a subscriber, a publisher, a client: :mod:`.shards`), and reads the map again whenever a
-primary's connection is lost or a node answers ``MOVED``, until every primary's shard is
-connected again. The names (:class:`.names.TaggedChannels`), the wire format (:mod:`.codec`) and
-presence (:mod:`.presence`) are :class:`.broker.RedisBroker`'s.
+The broker reads the cluster's map (:mod:`.topology`), keeps a :class:`.shards.Shard` per
+primary (a subscriber, a publisher, a client: :mod:`.shards`), and reads the map again
+(:mod:`.nodes`) whenever a primary's connection is lost or a node answers ``MOVED``, until every
+primary's shard is connected again. The names (:class:`.names.TaggedChannels`), the wire format
+(:mod:`.codec`) and presence (:mod:`.presence`) are :class:`.broker.RedisBroker`'s.
 """
 
 from __future__ import annotations
@@ -16,28 +16,17 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
 from ..broker import Broadcast, Broker, Counts, Deliver, Kept
 from ..errors import BrokerError
 from ..history import History, Position
-from .client import (
-    ANSWER_TIMEOUT,
-    CLIENT_OPTIONS,
-    LOST,
-    Backoff,
-    check_arguments,
-    reason,
-    timeout,
-    without_password,
-)
+from .client import ANSWER_TIMEOUT, LOST, check_arguments, reason, timeout, without_password
 from .codec import encode, receive
 from .names import PresenceKeys, TaggedChannels
+from .nodes import ClusterMap
 from .presence import Presence
-from .shards import CLUSTER_MAX_RETRY_DELAY, Shard, Shards
-from .topology import Topology, read_topology
+from .shards import Shard, Shards
 
 __all__ = ["RedisClusterBroker"]
 
@@ -88,21 +77,12 @@ class RedisClusterBroker(Broker):
 
     def __init__(self, url: str, *, prefix: str = "aiohttp_wsapp") -> None:
         check_arguments("RedisClusterBroker", url, prefix)
-        seed = ConnectionPool.from_url(url, **CLIENT_OPTIONS)
-        self._connection_class = seed.connection_class
-        self._connection_kwargs = seed.connection_kwargs
-        if self._connection_kwargs.get("db", 0) != 0:
-            raise ValueError("a Redis Cluster has only the database 0")
-        if "path" in self._connection_kwargs:
-            raise ValueError("RedisClusterBroker needs a redis:// or rediss:// url")
-        host = self._connection_kwargs.get("host", "localhost")
-        self._seed_address = f"{host}:{self._connection_kwargs.get('port', 6379)}"
+        self._map = ClusterMap(url)
         self._safe_url = without_password(url)
         self._prefix = prefix
         self._channels = TaggedChannels(prefix)
         self._shards: Shards | None = None
         self._presence: Presence | None = None
-        self._map_stale = asyncio.Event()
         self._map_keeper: asyncio.Task[None] | None = None
         self._reconnected: list[Callable[[], None]] = []
 
@@ -127,15 +107,14 @@ class RedisClusterBroker(Broker):
         """
         if self._shards is not None:
             raise RuntimeError("this RedisClusterBroker is already started")
-        self._map_stale = asyncio.Event()  # of the running loop
         try:
-            topology = await read_topology(self._make_connection, [self._seed_address])
+            topology = await self._map.read()
         except LOST as exc:
             raise BrokerError(
                 f"cannot read the Redis Cluster at {self._safe_url}: {reason(exc)}"
             ) from exc
         shards = Shards(
-            self._make_pool,
+            self._map.pool,
             partial(self._receive, deliver),
             self._channels,
             on_lost=self._lost,
@@ -164,7 +143,7 @@ class RedisClusterBroker(Broker):
             raise
         presence.start(counts)
         self._map_keeper = asyncio.get_running_loop().create_task(
-            self._keep_map(), name=f"RedisClusterBroker {self._safe_url} map"
+            self._map.follow(shards), name=f"RedisClusterBroker {self._safe_url} map"
         )
 
     async def stop(self) -> None:
@@ -200,7 +179,7 @@ class RedisClusterBroker(Broker):
             await shard.publish(channel, encode(broadcast))
         except BrokerError as exc:
             if isinstance(exc.__cause__, ResponseError):
-                self._map_stale.set()  # MOVED, CLUSTERDOWN: the map is out of date
+                self._map.mark_stale()  # MOVED, CLUSTERDOWN: the map is out of date
             raise
 
     async def publish_kept(self, broadcast: Broadcast, history: History) -> Position:
@@ -219,7 +198,7 @@ class RedisClusterBroker(Broker):
             return await shard.history.publish(broadcast, channel, history)
         except BrokerError as exc:
             if isinstance(exc.__cause__, ResponseError):
-                self._map_stale.set()
+                self._map.mark_stale()
             raise
 
     async def read_kept(self, group: str, since: Position | None, history: History) -> Kept:
@@ -232,7 +211,7 @@ class RedisClusterBroker(Broker):
         try:
             return await shard.history.read(group, since, history)
         except BrokerError:
-            self._map_stale.set()  # lost, MOVED or CLUSTERDOWN: the map may be out of date
+            self._map.mark_stale()  # lost, MOVED or CLUSTERDOWN: the map may be out of date
             raise
 
     def on_reconnected(self, callback: Callable[[], None]) -> None:
@@ -283,31 +262,7 @@ class RedisClusterBroker(Broker):
         if self._shards is not None:
             self._shards.unsubscribe(self._channels.of(group))
 
-    # -- the cluster's map --------------------------------------------------------------------
-
-    async def _keep_map(self) -> None:
-        """Read the map again whenever it may be stale, until every primary is connected."""
-        assert self._shards is not None
-        shards = self._shards
-        backoff = Backoff(longest=CLUSTER_MAX_RETRY_DELAY)
-        while True:
-            await self._map_stale.wait()
-            self._map_stale.clear()
-            await backoff.wait()
-            try:
-                topology = await read_topology(
-                    self._make_connection, self._nodes_to_ask(shards.topology)
-                )
-            except LOST as exc:
-                logger.debug("cannot read the Redis Cluster's map: %s", reason(exc))
-                self._map_stale.set()
-                continue
-            for shard in shards.apply(topology):
-                await shard.stop()
-            if not shards.settled:
-                self._map_stale.set()  # a primary is still unreachable: look again soon
-            else:
-                backoff.reset()
+    # -- inside -------------------------------------------------------------------------------
 
     def _shard_of(self, channel: bytes) -> Shard:
         """The shard that serves ``channel``'s slot.
@@ -320,7 +275,7 @@ class RedisClusterBroker(Broker):
         try:
             return shards.shard_of(channel)
         except BrokerError:
-            self._map_stale.set()  # a slot without a primary: look again
+            self._map.mark_stale()  # a slot without a primary: look again
             raise
 
     def _connected_again(self) -> None:
@@ -335,25 +290,7 @@ class RedisClusterBroker(Broker):
     def _lost(self, exc: BaseException) -> None:
         """A primary's subscription was lost: the cluster may be failing it over."""
         self.counters.errors += 1
-        self._map_stale.set()
-
-    def _nodes_to_ask(self, topology: Topology) -> list[str]:
-        return [*topology.nodes, self._seed_address]
-
-    # -- connections --------------------------------------------------------------------------
-
-    def _make_pool(self, address: str) -> ConnectionPool:
-        """A connection pool to the node at ``address``, with the url's other settings."""
-        return ConnectionPool(connection_class=self._connection_class, **self._node(address))
-
-    def _make_connection(self, address: str) -> AbstractConnection:
-        """A (not yet connected) connection to the node at ``address``."""
-        connection: AbstractConnection = self._connection_class(**self._node(address))
-        return connection
-
-    def _node(self, address: str) -> dict[str, Any]:
-        host, _, port = address.rpartition(":")
-        return {**self._connection_kwargs, "host": host, "port": int(port)}
+        self._map.mark_stale()
 
     async def _run_script(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
         """Run a presence script on the primary of its keys' slot."""
@@ -364,7 +301,7 @@ class RedisClusterBroker(Broker):
         try:
             return await shard.client.eval(script, numkeys, *keys_and_args)
         except LOST:
-            self._map_stale.set()
+            self._map.mark_stale()
             raise
 
     def _receive(self, deliver: Deliver, channel: bytes, message: bytes) -> None:
