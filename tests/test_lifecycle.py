@@ -298,6 +298,43 @@ async def test_heartbeat_drops_a_peer_that_does_not_answer(
     client.abort()
 
 
+async def test_heartbeat_rounds_drop_the_silent_peer_and_keep_the_answering_one(
+    serve: Serve, recorder: Recorder
+) -> None:
+    """The endpoint's heartbeat rounds go over all its connections. A peer established while
+    they already run is pinged one to two rounds after its establishment, never sooner than a
+    heartbeat; not answering, it is dropped, while the peer beside it that answers stays."""
+    loop = asyncio.get_running_loop()
+    server = WebSocketServer(heartbeat=HEARTBEAT, close_timeout=CLOSE_TIMEOUT)
+    endpoint = await serve(recorder.on_establish, websocket_server=server)
+    host, port = address(endpoint.server)
+    answering = await RawWebSocket.connect(host, port, "/websocket")
+    first = await recorder.connection()
+    pings: list[float] = []
+    answerer = asyncio.create_task(answer_pings(answering, pings, delay=0))
+    await until(lambda: len(pings) >= 1, within(2 * HEARTBEAT) + TIMEOUT)  # the rounds run
+    # Not for correctness (the bounds below hold whenever the second peer comes): halfway
+    # between two rounds, where a peer pinged at the next round would be pinged too soon.
+    await asyncio.sleep(HEARTBEAT / 2)
+    silent = await RawWebSocket.connect(host, port, "/websocket")
+    second = await recorder.connection()
+    frame = await silent.read_frame(timeout=within(2 * HEARTBEAT) + TIMEOUT)
+    assert frame.opcode == Opcode.PING
+    pinged_after = loop.time() - recorder.established_at[second]
+    assert_within(pinged_after, 2 * HEARTBEAT, at_least=HEARTBEAT)
+    assert await recorder.finish(timeout=within(2 * HEARTBEAT + PONG_DEADLINE) + TIMEOUT) is second
+    assert second.close_code == 1006
+    dropped_after = recorder.finished_at[second] - recorder.established_at[second]
+    assert_within(dropped_after, 2 * HEARTBEAT + PONG_DEADLINE, at_least=HEARTBEAT + PONG_DEADLINE)
+    assert first.state is ConnectionState.OPEN
+    assert await silent.wait_eof() == b""
+    silent.abort()
+    answering.send_close(1000)
+    assert await recorder.finish() is first
+    await answerer
+    await answering.close_socket()
+
+
 async def test_heartbeat_drops_a_peer_trickling_a_frame_that_never_ends(
     serve: Serve, recorder: Recorder
 ) -> None:
