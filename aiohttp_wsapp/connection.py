@@ -213,7 +213,7 @@ class Connection:
         :raises TypeError: a handler is not callable, or the arguments mix the forms.
         """
         if handler is not None and not handlers and event is not None:
-            return self._events.add(event, handler)  # the usual form, without the dict
+            return self._events.add(event, handler)  # the usual form, straight to the registry
         return self._events.on(event, handler, **handlers)
 
     def off(self, event: str, handler: Handler) -> None:
