@@ -14,7 +14,6 @@ reach it through :class:`~.upgrade.Response`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import secrets
@@ -31,9 +30,8 @@ from .closing import (
     Closing,
     ConnectionState,
 )
-from .errors import ConnectionClosed
-from .events import Events, H, Handler, Registration
-from .frames import BroadcastFrames, Opcode, encode_frame
+from .events import Emitter, Events, Handler, Registration
+from .frames import BroadcastFrames, Opcode
 from .groups import Groups
 from .history import Position, Recovery
 from .hub import Hub
@@ -64,7 +62,7 @@ _TEXT: Final = Opcode.TEXT
 _BINARY: Final = Opcode.BINARY
 
 
-class Connection:
+class Connection(Emitter):
     """One established WebSocket connection: an event emitter (the seed's ``Connection``).
 
     Handlers are registered with :meth:`on` for three events: ``message`` (``handler(conn,
@@ -122,8 +120,6 @@ class Connection:
         # Made when first needed: most connections never need them.
         self._id: str | None = None
         self._tasks: OwnedTasks | None = None
-        self._finished: asyncio.Future[None] | None = None
-        self._done = False  # whether the connection finished and its finish handlers returned
 
     # -- state ------------------------------------------------------------------------------
 
@@ -187,39 +183,6 @@ class Connection:
             f"<Connection {self._closing.state.value} {self._request.remote} {self._request.path}>"
         )
 
-    # -- events -----------------------------------------------------------------------------
-
-    @overload
-    def on(self, event: str, handler: Handler, /) -> Callable[[], None]: ...
-    @overload
-    def on(self, event: str, /) -> Callable[[H], H]: ...
-    @overload
-    def on(self, /, **handlers: Handler) -> list[Callable[[], None]]: ...
-
-    def on(
-        self, event: str | None = None, handler: Handler | None = None, /, **handlers: Handler
-    ) -> Callable[[], None] | Callable[[H], H] | list[Callable[[], None]]:
-        """Register event handlers.
-
-        ``on(event, handler)`` registers one handler and returns ``unregister()``, which may be
-        called any number of times. ``on(message=h1, finish=h2)`` registers several and returns
-        their unregisters in argument order. ``on(event)`` is a decorator that registers the
-        function and returns it unchanged.
-
-        A ``message`` handler whose signature has a third positional parameter without a default
-        (or ``*args``) is called as ``handler(conn, message, unregister)``.
-
-        :raises ValueError: the event is not ``message``, ``finish``, ``close`` or ``error``.
-        :raises TypeError: a handler is not callable, or the arguments mix the forms.
-        """
-        if handler is not None and not handlers and event is not None:
-            return self._events.add(event, handler)  # the usual form, straight to the registry
-        return self._events.on(event, handler, **handlers)
-
-    def off(self, event: str, handler: Handler) -> None:
-        """Remove every registration of ``handler`` for ``event``."""
-        self._events.off(event, handler)
-
     # -- sending ----------------------------------------------------------------------------
 
     def send(self, data: str | bytes | bytearray | memoryview) -> Awaitable[None]:
@@ -258,22 +221,14 @@ class Connection:
         :raises ValueError: ``data`` is longer than 125 bytes.
         :raises ConnectionClosed: when awaited, if the connection is closed.
         """
-        if len(data) > 125:
-            raise ValueError("a ping carries at most 125 bytes")
-        if self._sender.cannot_send():
-            return self._sender.dropped("ping")
-        return self._sender.write(encode_frame(Opcode.PING, bytes(data)))
+        return self._sender.ping(data)
 
     def send_broadcast(self, frames: BroadcastFrames) -> bool:
-        """Send one broadcast message, in the frame its peers of a kind share; tell whether it
-        went out (not counted: the caller counts the peers a broadcast reached).
-
-        For the endpoint's :meth:`WebSocketApp.broadcast`, not for applications.
-        """
+        """For the endpoint's broadcasts, not for applications: see :meth:`Sender.broadcast`."""
         return self._sender.broadcast(frames)
 
     def send_replay(self, messages: Sequence[BroadcastFrames]) -> None:
-        """Send broadcast messages in one write: for the history's replay, not for applications."""
+        """For the history's replay, not for applications: see :meth:`Sender.replay`."""
         self._sender.replay(messages)
 
     # -- closing ----------------------------------------------------------------------------
@@ -307,10 +262,7 @@ class Connection:
         """
         if self._tasks is None:
             self._tasks = OwnedTasks(self._closing, self._events, self._sender)
-        task = self._tasks.spawn(coro)
-        if self._closing.state is CLOSED:
-            task.cancel()
-        return task
+        return self._tasks.spawn(coro)
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -365,25 +317,17 @@ class Connection:
     @property
     def finished(self) -> asyncio.Future[None]:
         """Done once the connection finished and its ``finish`` handlers returned (for shutdown)."""
-        finished = self._finished
-        if finished is None:
-            finished = self._finished = asyncio.get_running_loop().create_future()
-            if self._done:
-                finished.set_result(None)
-        return finished
+        return self._events.finished
 
     def go_away(self) -> None:
         """Close with 1001 for the endpoint's shutdown, and end the server's side of the stream:
-        aiohttp reads nothing more once the application shuts down (:meth:`Closing.half_close`).
-        """
+        aiohttp reads nothing more once the application shuts down (:meth:`Closing.half_close`)."""
         self.close(WSCloseCode.GOING_AWAY, "server shutting down")
         self._closing.half_close()
 
     def stop(self) -> None:
-        """Drop the socket and cancel whatever handler the connection is still running.
-
-        For the endpoint's shutdown, once ``close_timeout`` has passed; not for applications.
-        """
+        """Drop the socket and cancel the handler still running: for the endpoint's shutdown,
+        once ``close_timeout`` has passed; not for applications."""
         self._closing.drop(WSCloseCode.ABNORMAL_CLOSURE, "")
         self._request.task.cancel()  # the task that runs serve(), and the handler in it
 
@@ -393,27 +337,14 @@ class Connection:
         For the endpoint's request handler, which calls it once; not for applications.
         """
         try:
-            try:
-                result = on_establish(self, self._request, handshake_results)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except ConnectionClosed:
-                logger.debug("on_establish of %r stopped: the connection closed", self)
-            except Exception:
-                logger.exception("on_establish raised for %r", self)
-                self.close(WSCloseCode.INTERNAL_ERROR)
-            await self._receiver.run()  # after a close, until the peer answers it
+            await self._receiver.run(on_establish, self._request, handshake_results)
         finally:
             finishers = self._finish()
             tasks = self._tasks
             if finishers or tasks is not None:
-                await self._events.run_finish(
-                    finishers, self.finished, first=None if tasks is None else tasks.end
-                )
-            else:  # nothing to run: no task, no future unless someone waits for the finish
-                self._done = True
-                if self._finished is not None:
-                    self._finished.set_result(None)
+                await self._events.run_finish(finishers, None if tasks is None else tasks.end)
+            else:  # nothing to run: no task to start, no future unless someone waits for one
+                self._events.mark_finished()
 
     def _finish(self) -> tuple[Registration, ...]:
         """Enter CLOSED, leave the endpoint and release everything; return the finish handlers."""

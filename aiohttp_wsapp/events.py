@@ -12,12 +12,13 @@ import logging
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 from .signatures import positional
 
 __all__ = [
     "EVENTS",
+    "Emitter",
     "Events",
     "H",
     "Handler",
@@ -111,7 +112,7 @@ class Events:
     ``finish`` handler registered runs at once (soon), and others are not kept.
     """
 
-    __slots__ = ("_closed", "_owner", "error", "finish", "message")
+    __slots__ = ("_closed", "_done", "_finished", "_owner", "error", "finish", "message")
 
     def __init__(self, owner: object) -> None:
         # Weakly: the connection holds its registry, and a cycle would leave every finished
@@ -124,11 +125,24 @@ class Events:
         self.error: tuple[Registration, ...] = ()
         """The ``error`` handlers."""
         self._closed = False
+        self._done = False  # whether the finish handlers returned
+        self._finished: asyncio.Future[None] | None = None  # made when first asked for
 
     @property
     def owner(self) -> object:
         """The connection whose events these are (``None`` once it is gone)."""
         return self._owner()
+
+    @property
+    def finished(self) -> asyncio.Future[None]:
+        """Done once the ``finish`` handlers returned (made when first asked for: most
+        connections are never waited for)."""
+        finished = self._finished
+        if finished is None:
+            finished = self._finished = asyncio.get_running_loop().create_future()
+            if self._done:
+                finished.set_result(None)
+        return finished
 
     def on(
         self, event: str | None, handler: Handler | None, /, **handlers: Handler
@@ -210,30 +224,20 @@ class Events:
     async def run_finish(
         self,
         finishers: tuple[Registration, ...],
-        finished: asyncio.Future[None],
-        *,
         first: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Await ``first()`` (the end of the connection's own tasks), then call the ``finish``
-        handlers one after another, then mark ``finished`` done.
+        handlers one after another, then mark :attr:`finished` done.
 
         One that raises is logged. They run in a task of their own, shielded: aiohttp may cancel
         the request handler when the peer goes away, and finish handlers must still run to
         completion.
         """
-        if finishers or first is not None:
-            task = asyncio.get_running_loop().create_task(
-                self._run_finishers(finishers, finished, first)
-            )
-            await asyncio.shield(task)
-        else:
-            finished.set_result(None)
+        task = asyncio.get_running_loop().create_task(self._run_finishers(finishers, first))
+        await asyncio.shield(task)
 
     async def _run_finishers(
-        self,
-        finishers: tuple[Registration, ...],
-        finished: asyncio.Future[None],
-        first: Callable[[], Awaitable[None]] | None,
+        self, finishers: tuple[Registration, ...], first: Callable[[], Awaitable[None]] | None
     ) -> None:
         try:
             if first is not None:
@@ -242,7 +246,13 @@ class Events:
             for registration in finishers:
                 await self._run_finish_handler(registration, owner)
         finally:
-            finished.set_result(None)
+            self.mark_finished()
+
+    def mark_finished(self) -> None:
+        """Mark :attr:`finished` done: the finish handlers returned, or there were none."""
+        self._done = True
+        if self._finished is not None:
+            self._finished.set_result(None)
 
     async def _run_finish_handler(self, registration: Registration, owner: object) -> None:
         try:
@@ -258,3 +268,43 @@ class Events:
         )
         _LATE_FINISHERS.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(_LATE_FINISHERS.discard)
+
+
+class Emitter:
+    """The event emitter's side of a connection: :meth:`on` and :meth:`off`.
+
+    A subclass sets ``_events`` to its :class:`Events` before anyone registers.
+    """
+
+    _events: Events
+
+    @overload
+    def on(self, event: str, handler: Handler, /) -> Callable[[], None]: ...
+    @overload
+    def on(self, event: str, /) -> Callable[[H], H]: ...
+    @overload
+    def on(self, /, **handlers: Handler) -> list[Callable[[], None]]: ...
+
+    def on(
+        self, event: str | None = None, handler: Handler | None = None, /, **handlers: Handler
+    ) -> Callable[[], None] | Callable[[H], H] | list[Callable[[], None]]:
+        """Register event handlers.
+
+        ``on(event, handler)`` registers one handler and returns ``unregister()``, which may be
+        called any number of times. ``on(message=h1, finish=h2)`` registers several and returns
+        their unregisters in argument order. ``on(event)`` is a decorator that registers the
+        function and returns it unchanged.
+
+        A ``message`` handler whose signature has a third positional parameter without a default
+        (or ``*args``) is called as ``handler(conn, message, unregister)``.
+
+        :raises ValueError: the event is not ``message``, ``finish``, ``close`` or ``error``.
+        :raises TypeError: a handler is not callable, or the arguments mix the forms.
+        """
+        if handler is not None and not handlers and event is not None:
+            return self._events.add(event, handler)  # the usual form, straight to the registry
+        return self._events.on(event, handler, **handlers)
+
+    def off(self, event: str, handler: Handler) -> None:
+        """Remove every registration of ``handler`` for ``event``."""
+        self._events.off(event, handler)

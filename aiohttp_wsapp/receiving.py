@@ -11,13 +11,13 @@ from __future__ import annotations
 import inspect
 import logging
 import weakref
-from typing import Final
+from typing import Any, Final
 
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from .closing import NO_STATUS_RECEIVED, OPEN, Closing, sendable
 from .errors import ConnectionClosed
-from .events import Events
+from .events import Events, Handler
 from .frames import Opcode, encode_frame
 from .keepalive import Keepalive
 from .limits import Limits
@@ -80,13 +80,28 @@ class Receiver:
         self._limits = limits
         self._counters = counters
 
-    async def run(self) -> None:
-        """Receive until the socket ends or the peer's close frame came; answer the close."""
+    async def run(
+        self, on_establish: Handler, request: web.Request, results: tuple[Any, ...]
+    ) -> None:
+        """Call ``on_establish(conn, request, results)`` (awaiting what it returns, if anything);
+        then receive until the socket ends or the peer's close frame came, and answer the close.
+
+        ``on_establish`` that raises is logged, and closes the connection with 1011.
+        """
+        owner = self._owner()
+        try:
+            established = on_establish(owner, request, results)
+            if established is not None and inspect.isawaitable(established):
+                await established
+        except ConnectionClosed:
+            logger.debug("on_establish of %r stopped: the connection closed", owner)
+        except Exception:
+            logger.exception("on_establish raised for %r", owner)
+            self._sender.close(WSCloseCode.INTERNAL_ERROR)
         ws = self._ws
         events = self._events
         keepalive = self._keepalive
         closing = self._closing
-        owner = self._owner()
         message_limit = self._message_limit
         limits = self._limits
         counters = self._counters

@@ -238,6 +238,14 @@ class Sender:
         if buffered > self._watermark:
             self._buffered(buffered)
 
+    def ping(self, data: bytes) -> Awaitable[None]:
+        """Send a ping carrying ``data``: see :meth:`Connection.ping`."""
+        if len(data) > 125:
+            raise ValueError("a ping carries at most 125 bytes")
+        if self.cannot_send():
+            return self.dropped("ping")
+        return self.write(encode_frame(Opcode.PING, bytes(data)))
+
     def dropped(self, operation: str) -> Awaitable[None]:
         """Log that ``operation`` found the connection closed; return what raises that."""
         logger.debug("%s on closed %r dropped", operation, self.owner)

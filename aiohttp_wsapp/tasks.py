@@ -44,10 +44,13 @@ class OwnedTasks:
         self._reports: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """Run ``coro`` as an owned task; return the task."""
+        """Run ``coro`` as an owned task (cancelled at once if the connection finished); return
+        the task."""
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        if self._closing.state is CLOSED:
+            task.cancel()
         return task
 
     def _done(self, task: asyncio.Task[Any]) -> None:

@@ -62,10 +62,10 @@ MUTATIONS = (
     Mutation(
         name="second-finish",
         module="events.py",
-        old="        finally:\n            finished.set_result(None)\n",
+        old="        finally:\n            self.mark_finished()\n",
         new=(
             "        finally:\n"
-            "            finished.set_result(None)\n"
+            "            self.mark_finished()\n"
             "            for again in finishers:\n"
             "                asyncio.get_running_loop().call_later(\n"
             "                    0.01, self._run_late_finish, again\n"
@@ -129,12 +129,11 @@ MUTATIONS = (
         name="finish-not-shielded",
         module="events.py",
         old=(
-            "            task = asyncio.get_running_loop().create_task(\n"
-            "                self._run_finishers(finishers, finished, first)\n"
-            "            )\n"
-            "            await asyncio.shield(task)\n"
+            "        task = asyncio.get_running_loop().create_task("
+            "self._run_finishers(finishers, first))\n"
+            "        await asyncio.shield(task)\n"
         ),
-        new="            await self._run_finishers(finishers, finished, first)\n",
+        new="        await self._run_finishers(finishers, first)\n",
         tests=(
             "tests/test_connection.py::"
             "test_finish_handler_completes_though_the_request_handler_is_cancelled",

@@ -157,3 +157,33 @@ def test_the_check_finds_a_private_access(source: str, expected: str) -> None:
 )
 def test_the_check_allows_a_modules_own_names(source: str) -> None:
     assert private_accesses(source, "example.py") == []
+
+
+MAX_MODULE_LINES = 450
+MAX_CLASS_LINES = 300
+"""Issue 19's bounds: past them a module or a class holds more than one job."""
+
+
+def oversized(source: str) -> list[str]:
+    """The module (if over ``MAX_MODULE_LINES``) and classes (over ``MAX_CLASS_LINES``) of
+    ``source`` that are too long, with their lengths."""
+    found = []
+    lines = len(source.splitlines())
+    if lines > MAX_MODULE_LINES:
+        found.append(f"the module: {lines} lines")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_CLASS_LINES:
+                found.append(f"class {node.name}: {length} lines")
+    return found
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_no_module_or_class_is_too_long(path: Path) -> None:
+    assert oversized(path.read_text()) == []
+
+
+def test_the_length_check_finds_a_long_class() -> None:
+    body = "\n".join(f"    x{n} = {n}" for n in range(MAX_CLASS_LINES))
+    assert oversized(f"class Long:\n{body}\n") == [f"class Long: {MAX_CLASS_LINES + 1} lines"]
