@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from itertools import count
 from typing import Any, Final, TypeAlias, TypeVar, overload
@@ -106,14 +107,15 @@ class Connection(Emitter):
         closing.watch_transport()
         read_in_small_chunks(transport)
         deflater = negotiated_deflater(ws, settings.compression) if ws.compress else None
+        owner = weakref.ref(self)  # weakly: see Events; one reference for the parts
         # Positional arguments: a class called with keywords gets them in a new dict.
         self._sender = ws.sender = sender = Sender(
-            transport, writer, closing, settings.send_buffer_limit, deflater, self, counters
+            transport, writer, closing, settings.send_buffer_limit, deflater, owner, counters
         )
         self._keepalive = keepalive = Keepalive(heartbeat, closing, sender)
-        self._events = events = Events(self)
+        self._events = events = Events(owner)
         self._limits = limits = Limits.of(settings, closing, sender)  # counted from now on
-        self._receiver = Receiver(self, ws, closing, sender, keepalive, events, limits, counters)
+        self._receiver = Receiver(ws, closing, sender, keepalive, events, limits, counters)
         self._registry = groups
         self._forget = forget
         self._groups: frozenset[str] = _NO_GROUPS

@@ -10,7 +10,6 @@ import asyncio
 import inspect
 import logging
 import types
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar, overload
 
@@ -114,10 +113,11 @@ class Events:
 
     __slots__ = ("_closed", "_done", "_finished", "_owner", "error", "finish", "message")
 
-    def __init__(self, owner: object) -> None:
-        # Weakly: the connection holds its registry, and a cycle would leave every finished
-        # connection, with its request, response and socket, to the garbage collector.
-        self._owner = weakref.ref(owner)
+    def __init__(self, owner: Callable[[], object]) -> None:
+        # ``owner``: a weak reference to the connection. Weakly: the connection holds its
+        # registry, and a cycle would leave every finished connection, with its request,
+        # response and socket, to the garbage collector.
+        self._owner = owner
         self.message: tuple[Registration, ...] = ()
         """The ``message`` handlers."""
         self.finish: tuple[Registration, ...] = ()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import weakref
 from typing import Any, Final
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
@@ -21,7 +20,7 @@ from .events import Events, Handler
 from .frames import Opcode, encode_frame
 from .keepalive import Keepalive
 from .limits import Limits
-from .sending import Sender, Sent
+from .sending import Sender
 from .stats import MESSAGE_TOO_BIG, PROTOCOL_ERROR, Counters
 from .upgrade import Response
 
@@ -42,7 +41,7 @@ _ERROR: Final = WSMsgType.ERROR
 class Receiver:
     """Reads one connection's messages and hands them to its handlers.
 
-    ``owner`` is the connection: the first argument of every handler, and what log lines name.
+    The connection, first argument of every handler and what log lines name, is ``events.owner``.
     ``limits`` are its peer's (``None`` when the endpoint sets none); ``counters`` count the
     messages received and their bytes.
     """
@@ -54,14 +53,12 @@ class Receiver:
         "_keepalive",
         "_limits",
         "_message_limit",
-        "_owner",
         "_sender",
         "_ws",
     )
 
     def __init__(
         self,
-        owner: object,
         ws: Response,
         closing: Closing,
         sender: Sender,
@@ -70,7 +67,6 @@ class Receiver:
         limits: Limits | None,
         counters: Counters,
     ) -> None:
-        self._owner = weakref.ref(owner)  # weakly: see Sender
         self._ws = ws
         self._closing = closing
         self._sender = sender
@@ -88,7 +84,7 @@ class Receiver:
 
         ``on_establish`` that raises is logged, and closes the connection with 1011.
         """
-        owner = self._owner()
+        owner = self._events.owner
         try:
             established = on_establish(owner, request, results)
             if established is not None and inspect.isawaitable(established):
@@ -136,7 +132,7 @@ class Receiver:
                             continue
                         # A handler that returns send()'s awaitable (``lambda c, m: c.send(m)``)
                         # is waited on only while flow control may hold it back.
-                        if type(result) is Sent:
+                        if type(result) is Sender:
                             if result.may_wait:
                                 await result
                         elif inspect.isawaitable(result):
@@ -162,11 +158,13 @@ class Receiver:
 
     async def _handler_failed(self, exc: Exception) -> None:
         if isinstance(exc, ConnectionClosed) and self._closing.state is not OPEN:
-            logger.debug("a message handler of %r stopped: the connection closed", self._owner())
+            logger.debug(
+                "a message handler of %r stopped: the connection closed", self._events.owner
+            )
             return
         handlers = self._events.error
         if not handlers:
-            logger.error("a message handler raised for %r", self._owner(), exc_info=exc)
+            logger.error("a message handler raised for %r", self._events.owner, exc_info=exc)
         else:
             await self._events.report(handlers, exc)
         self._sender.close(WSCloseCode.INTERNAL_ERROR)
@@ -183,13 +181,13 @@ class Receiver:
         if isinstance(code, int):  # aiohttp's WebSocketError: the peer broke the protocol
             await self._peer_failed(exc)
         else:
-            logger.debug("%r lost: %r", self._owner(), exc)
+            logger.debug("%r lost: %r", self._events.owner, exc)
 
     async def _peer_failed(self, exc: BaseException) -> None:
         """Report a protocol error of the peer: its ``error`` handlers, or one WARNING line."""
         handlers = self._events.error
         if not handlers:
-            logger.warning("%r closed with %s: %s", self._owner(), self._closing.code, exc)
+            logger.warning("%r closed with %s: %s", self._events.owner, self._closing.code, exc)
         else:
             await self._events.report(handlers, exc)
 

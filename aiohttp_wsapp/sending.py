@@ -1,8 +1,9 @@
 """The one writer of a connection: frames to the socket at once, flow control, overflow.
 
 ``send`` builds the frame (:mod:`.frames`) and hands it to the transport without a task; what it
-returns is a reusable awaitable, :class:`Sent`, that waits for flow control when awaited. A peer
-whose unsent data passes ``send_buffer_limit`` is dropped.
+returns is the :class:`Sender` itself, which waits for flow control when awaited: one object per
+connection for both jobs, none per message. A peer whose unsent data passes
+``send_buffer_limit`` is dropped.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import weakref
-from collections.abc import Awaitable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Final
 
 from aiohttp import WSCloseCode
@@ -30,44 +30,13 @@ from .frames import (
 )
 from .stats import SEND_BUFFER_OVERFLOW, Counters
 
-__all__ = ["DONE", "RaiseClosed", "Sender", "Sent"]
+__all__ = ["DONE", "RaiseClosed", "Sender"]
 
 logger = logging.getLogger("aiohttp_wsapp")
 
 _PACK_CLOSE_CODE = struct.Struct("!H").pack
 _JOIN_LIMIT: Final = 16 * 1024
 """Payloads up to this size go out joined to their header in one write."""
-
-
-class Sent:
-    """What ``send`` returns once the frame is written: awaiting it waits for flow control.
-
-    The receive loop recognises it by its type: while :attr:`may_wait` is false, awaiting it
-    would return at once, and the loop skips the ``await``.
-    """
-
-    __slots__ = ("_closing", "_transport", "_writer", "may_wait")
-
-    def __init__(
-        self, transport: asyncio.Transport, writer: AbstractStreamWriter, closing: Closing
-    ) -> None:
-        self._transport = transport
-        self._writer = writer
-        self._closing = closing
-        self.may_wait = False
-        """Whether awaiting may wait: a write left more than the low-water mark buffered (a
-        paused writer resumes at that mark; at or under it, drain returns at once). The sender
-        sets it, from the buffer size it reads anyway; a drain clears it."""
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._drain().__await__()
-
-    async def _drain(self) -> None:
-        try:
-            await self._writer.drain()
-        except ConnectionError:
-            raise self._closing.error() from None
-        self.may_wait = False
 
 
 class RaiseClosed:
@@ -98,10 +67,13 @@ DONE: Final = _Done()
 
 
 class Sender:
-    """Writes the frames of one connection to its socket.
+    """Writes the frames of one connection to its socket; awaited, waits for flow control.
 
-    ``owner`` names the connection in log lines. ``deflater`` compresses its messages, when the
-    peer negotiated permessage-deflate. ``counters`` count the messages sent and their bytes.
+    Every write returns the sender itself. The receive loop recognises it by its type: while
+    :attr:`may_wait` is false, awaiting it would return at once, and the loop skips the
+    ``await``. ``owner`` names the connection in log lines. ``deflater`` compresses its
+    messages, when the peer negotiated permessage-deflate. ``counters`` count the messages sent
+    and their bytes.
     """
 
     __slots__ = (
@@ -112,8 +84,9 @@ class Sender:
         "_owner",
         "_transport",
         "_watermark",
+        "_writer",
         "deflater",
-        "sent",
+        "may_wait",
     )
 
     def __init__(
@@ -123,10 +96,11 @@ class Sender:
         closing: Closing,
         send_buffer_limit: int,
         deflater: MessageDeflater | None,
-        owner: object,
+        owner: Callable[[], object],
         counters: Counters,
     ) -> None:
         self._transport = transport
+        self._writer = writer
         self._closing = closing
         self._counters = counters
         self._limit = send_buffer_limit
@@ -134,11 +108,21 @@ class Sender:
         self._watermark = min(self._low_water, send_buffer_limit)
         self.deflater = deflater
         """What compresses this connection's messages; ``None`` without compression."""
-        # Weakly: the connection holds its sender, and a cycle would leave every finished
-        # connection, with its request, response and socket, to the garbage collector.
-        self._owner = weakref.ref(owner)
-        self.sent = Sent(transport, writer, closing)
-        """What every write returns."""
+        self._owner = owner  # a weak reference, as the connection's Events holds it
+        self.may_wait = False
+        """Whether awaiting may wait: a write left more than the low-water mark buffered (a
+        paused writer resumes at that mark; at or under it, drain returns at once). Set from the
+        buffer size each write reads anyway; a drain clears it."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._drain().__await__()
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except ConnectionError:
+            raise self._closing.error() from None
+        self.may_wait = False
 
     @property
     def owner(self) -> object:
@@ -178,12 +162,12 @@ class Sender:
         buffered = transport.get_write_buffer_size()
         if buffered > self._watermark:  # one test on the common path, for both marks
             self._buffered(buffered)
-        return self.sent
+        return self
 
     def _buffered(self, size: int) -> None:
         """Mark that awaiting may wait; past the limit, drop the connection."""
         if size > self._low_water:
-            self.sent.may_wait = True
+            self.may_wait = True
         if size > self._limit:
             # A closing handshake could not get through a full buffer: drop the socket at once.
             logger.warning(
