@@ -36,7 +36,7 @@ from .frames import BroadcastFrames, Opcode
 from .groups import Groups
 from .history import Position, Recovery
 from .hub import Hub
-from .keepalive import Heartbeat, Keepalive
+from .keepalive import Heartbeat
 from .limits import Limits
 from .receiving import Receiver
 from .recovery import GroupHistories, check_since
@@ -112,10 +112,9 @@ class Connection(Emitter):
         self._sender = ws.sender = sender = Sender(
             transport, writer, closing, settings.send_buffer_limit, deflater, owner, counters
         )
-        self._keepalive = keepalive = Keepalive(heartbeat, closing, sender)
         self._events = events = Events(owner)
         self._limits = limits = Limits.of(settings, closing, sender)  # counted from now on
-        self._receiver = Receiver(ws, closing, sender, keepalive, events, limits, counters)
+        self._receiver = Receiver(ws, closing, sender, heartbeat, events, limits, counters)
         self._registry = groups
         self._forget = forget
         self._groups: frozenset[str] = _NO_GROUPS
@@ -168,7 +167,7 @@ class Connection(Emitter):
     @property
     def latency(self) -> float | None:
         """Seconds: the round trip of the last answered heartbeat ping; ``None`` before one."""
-        return self._keepalive.latency
+        return self._receiver.latency
 
     @property
     def buffered_amount(self) -> int:
@@ -351,7 +350,7 @@ class Connection(Emitter):
     def _finish(self) -> tuple[Registration, ...]:
         """Enter CLOSED, leave the endpoint and release everything; return the finish handlers."""
         self._closing.finish()
-        self._keepalive.stop()
+        self._receiver.leave_rounds()
         if self._limits is not None:
             self._limits.stop()
         if self._groups:

@@ -84,14 +84,17 @@ class Heartbeat:
 
 class Keepalive:
     """One connection in its endpoint's heartbeat rounds (``heartbeat`` ``None``: none), from
-    its making (the connection's establishment) until :meth:`stop`.
+    :meth:`join_rounds` (the connection's establishment) until :meth:`leave_rounds`.
 
-    Nothing happens once the closing started.
+    The base of the connection's receive loop (:class:`.receiving.Receiver`), which hears the
+    peer: one object per connection for both, none of its own. Nothing happens once the
+    closing started.
     """
 
     __slots__ = ("_closing", "_heartbeat", "_ping_sent_at", "_sender", "heard", "latency")
 
-    def __init__(self, heartbeat: Heartbeat | None, closing: Closing, sender: Sender) -> None:
+    def join_rounds(self, heartbeat: Heartbeat | None, closing: Closing, sender: Sender) -> None:
+        """Enter ``heartbeat``'s rounds, heard from (``None``: there are none)."""
         self.heard = True
         """Whether a whole message or a pong came in since the last round (or the
         establishment, before the first)."""
@@ -104,7 +107,7 @@ class Keepalive:
         if heartbeat is not None:
             heartbeat.add(self)
 
-    def stop(self) -> None:
+    def leave_rounds(self) -> None:
         """Leave the rounds."""
         if self._heartbeat is not None:
             self._heartbeat.members.discard(self)

@@ -18,7 +18,7 @@ from .closing import NO_STATUS_RECEIVED, OPEN, Closing, sendable
 from .errors import ConnectionClosed
 from .events import Events, Handler
 from .frames import Opcode, encode_frame
-from .keepalive import Keepalive
+from .keepalive import Heartbeat, Keepalive
 from .limits import Limits
 from .sending import Sender
 from .stats import MESSAGE_TOO_BIG, PROTOCOL_ERROR, Counters
@@ -38,8 +38,9 @@ _CLOSE: Final = WSMsgType.CLOSE
 _ERROR: Final = WSMsgType.ERROR
 
 
-class Receiver:
-    """Reads one connection's messages and hands them to its handlers.
+class Receiver(Keepalive):
+    """Reads one connection's messages and hands them to its handlers; as a :class:`Keepalive`,
+    it takes part in the endpoint's heartbeat rounds (``heartbeat``) for the peer it hears.
 
     The connection, first argument of every handler and what log lines name, is ``events.owner``.
     ``limits`` are its peer's (``None`` when the endpoint sets none); ``counters`` count the
@@ -47,30 +48,25 @@ class Receiver:
     """
 
     __slots__ = (
-        "_closing",
         "_counters",
         "_events",
-        "_keepalive",
         "_limits",
         "_message_limit",
-        "_sender",
         "_ws",
-    )
+    )  # _closing and _sender: Keepalive's
 
     def __init__(
         self,
         ws: Response,
         closing: Closing,
         sender: Sender,
-        keepalive: Keepalive,
+        heartbeat: Heartbeat | None,
         events: Events,
         limits: Limits | None,
         counters: Counters,
     ) -> None:
+        self.join_rounds(heartbeat, closing, sender)  # sets _closing and _sender
         self._ws = ws
-        self._closing = closing
-        self._sender = sender
-        self._keepalive = keepalive
         self._events = events
         self._message_limit = ws.message_limit
         self._limits = limits
@@ -96,7 +92,6 @@ class Receiver:
             self._sender.close(WSCloseCode.INTERNAL_ERROR)
         ws = self._ws
         events = self._events
-        keepalive = self._keepalive
         closing = self._closing
         message_limit = self._message_limit
         limits = self._limits
@@ -105,7 +100,7 @@ class Receiver:
             message = await ws.receive()
             kind = message.type
             if kind is _TEXT or kind is _BINARY:
-                keepalive.heard = True
+                self.heard = True
                 if closing.state is not OPEN:
                     continue  # we sent a close frame: the peer's late messages are dropped
                 data = message.data
@@ -143,7 +138,7 @@ class Receiver:
                 if not self._sender.cannot_send():
                     self._sender.write(encode_frame(Opcode.PONG, message.data))
             elif kind is _PONG:
-                keepalive.pong_received()
+                self.pong_received()
             elif kind is _CLOSE:
                 # aiohttp reports a close frame without a status code as 0.
                 code = message.data or NO_STATUS_RECEIVED
